@@ -1,0 +1,38 @@
+import re
+import subprocess
+import sys
+
+from zoo.cli import main
+
+
+def test_list_prints_every_model_with_params(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^vgg16_bn +15,262,026 +313.73M +32x32$", out, re.M)
+    assert out.count("\n") == 12  # header, rule and ten models
+
+
+def test_list_filters(capsys):
+    assert main(["list", "vgg1?", "--exclude", "*_bn"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [r.split()[0] for r in rows] == ["vgg11", "vgg13", "vgg16", "vgg19"]
+
+
+def test_info_prints_the_layer_table(capsys):
+    assert main(["info", "lenet5"]) == 0
+    out = capsys.readouterr().out
+    assert "params 62,006  MACs 651,720  min input 16x16" in out
+    assert "block2_conv1  Conv2D        (10, 10, 16)  2,416" in out
+
+
+def test_unknown_model_is_a_clean_error(capsys):
+    assert main(["info", "vgg17"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zoo info: error: Unknown model name. Did you mean: vgg19, vgg16, vgg13?")
+
+
+def test_command_line_output_is_free_of_tensorflow_startup_noise():
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "list", "lenet5"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[2].startswith("lenet5")
+    assert result.stderr == ""

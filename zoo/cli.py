@@ -1,0 +1,119 @@
+"""The `zoo` command: argument parsing only; the work happens in the modules it calls."""
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+
+# TensorFlow's start-up lines on a machine without a GPU (or without AVX flags compiled in).
+# They are printed by C++ before Python's logging exists; any other line still reaches stderr.
+_STARTUP_NOISE = (
+    "All log messages before absl::InitializeLog",
+    "cudart_stub.cc",
+    "cpu_feature_guard.cc",
+    "To enable the following instructions",
+    "failed call to cuInit",
+    "Unable to register cu",
+    "computation_placer.cc",
+    "oneDNN custom operations are on",
+)
+
+
+@contextlib.contextmanager
+def _startup_noise_filtered():
+    """Capture file descriptor 2, then replay it without TensorFlow's known start-up lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines():
+                if not any(noise in line for noise in _STARTUP_NOISE):
+                    print(line, file=sys.stderr)
+
+
+def _import_keras_quietly():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _startup_noise_filtered():
+        import keras
+
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device discovery logs its own start-up lines
+
+
+def _format_count(n):
+    for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def _table(rows, header):
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_list(args):
+    from zoo.models import list_models, model_info
+
+    rows = []
+    for name in list_models(args.include, args.exclude):
+        info = model_info(name)
+        rows.append((name, f"{info.params:,}", _format_count(info.macs), f"{info.min_input_size}x{info.min_input_size}"))
+    print(_table(rows, ("model", "params", "MACs", "min input")))
+
+
+def cmd_info(args):
+    from zoo.models.base import count_macs
+    from zoo.models import model_info
+
+    info = model_info(args.model)
+    model = info.builder()
+    print(f"{info.name}: {info.reference}")
+    print(f"params {model.count_params():,}  MACs {count_macs(model):,}  min input {info.min_input_size}x{info.min_input_size}")
+    print(f"input {tuple(model.input.shape[1:])} uint8-range RGB (0-255), output {tuple(model.output.shape[1:])} logits\n")
+    rows = [(layer.name, type(layer).__name__, str(tuple(layer.output.shape[1:])), f"{layer.count_params():,}") for layer in model.layers]
+    print(_table(rows, ("layer", "type", "output shape", "params")))
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="zoo", description="A Keras 3 model zoo for image classification.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("list", help="list the registered models")
+    p.add_argument("include", nargs="*", help="fnmatch patterns to keep, e.g. 'vgg*'")
+    p.add_argument("--exclude", nargs="+", help="fnmatch patterns to drop")
+    p.set_defaults(func=cmd_list)
+
+    p = commands.add_parser("info", help="parameters, MACs and the layer table of a model")
+    p.add_argument("model", help="a registered model name, see `zoo list`")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "include", None) == []:
+        args.include = None
+    _import_keras_quietly()
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
