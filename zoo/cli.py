@@ -87,6 +87,51 @@ def cmd_info(args):
     print(_table(rows, ("layer", "type", "output shape", "params")))
 
 
+def cmd_train(args):
+    from zoo import recipe as recipes
+    from zoo.training import train
+
+    overrides = list(args.set)
+    if args.data_dir:
+        overrides.append(f"data.data_dir={recipes.toml_value(args.data_dir)}")
+    if args.tfds_data_dir:
+        overrides.append(f"data.tfds_data_dir={recipes.toml_value(args.tfds_data_dir)}")
+    if args.epochs is not None:
+        overrides.append(f"training.epochs={args.epochs}")
+    recipe = recipes.load(args.recipe, overrides)
+    out = args.out or os.path.join("runs", recipe["name"])
+    train(recipe, out, overwrite=args.overwrite, strategy=args.strategy)
+
+
+def cmd_eval(args):
+    import json
+
+    import keras
+
+    from zoo.data import load_dataset
+    from zoo.evaluation import evaluate
+
+    if not os.path.isfile(args.model):
+        raise FileNotFoundError(f"No such model file: {args.model}")
+    model = keras.saving.load_model(args.model)
+    height, width, channels = model.input.shape[1:]
+    dataset = load_dataset(
+        args.source, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, image_size=(height, width),
+        channels=channels, validation_size=0, limit=args.limit,
+    )
+    result = evaluate(model, dataset.test, dataset.class_names, tta_flip=args.tta_flip)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{args.model} on {dataset.source} test ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
+    print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}\n")
+    rows = [(name, f"{acc:.4f}") for name, acc in result["per_class_accuracy"].items()]
+    print(_table(rows, ("class", "accuracy")))
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    names = dataset.class_names
+    print(_table([(n, *row) for n, row in zip(names, result["confusion_matrix"])], ("", *[n[:5] for n in names])))
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="zoo", description="A Keras 3 model zoo for image classification.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +144,27 @@ def build_parser():
     p = commands.add_parser("info", help="parameters, MACs and the layer table of a model")
     p.add_argument("model", help="a registered model name, see `zoo list`")
     p.set_defaults(func=cmd_info)
+
+    p = commands.add_parser("train", help="train a recipe into a run folder (re-run to resume)")
+    p.add_argument("recipe", help="a shipped recipe name (see recipes/) or a path to a .toml recipe")
+    p.add_argument("--data-dir", help="image folders DIR/train/<class>/*, DIR/test/<class>/* instead of tensorflow-datasets")
+    p.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
+    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. optimizer.learning_rate=0.05")
+    p.add_argument("--out", help="run folder (default: runs/<recipe>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or different run in --out")
+    p.add_argument("--strategy", choices=("mirrored", "multi_worker"), help="train on all local GPUs, or on the workers of TF_CONFIG")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix of a .keras model")
+    p.add_argument("model", help="a .keras file, e.g. runs/lenet5_cifar10/model.keras")
+    p.add_argument("--data-dir", help="image folders (the test/ split is evaluated)")
+    p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir (default: cifar10)")
+    p.add_argument("--tfds-data-dir")
+    p.add_argument("--limit", type=int, help="evaluate only this many test images")
+    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored images")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
@@ -109,7 +175,7 @@ def main(argv=None):
     _import_keras_quietly()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

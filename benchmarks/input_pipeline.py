@@ -1,0 +1,67 @@
+"""Is the input pipeline ever the bottleneck? Images/s of `model.fit` through `zoo.data.Batches`
+(shuffle + augmentation) against `model.fit` on the same uint8 images held in memory, no augmentation.
+
+    python benchmarks/input_pipeline.py --data-dir ../shared/data/cifar10 --models lenet5 vgg11_bn
+"""
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+
+import zoo
+from zoo.data import Batches, load_dataset
+
+
+class Throughput(keras.callbacks.Callback):
+    """Images/s over the epochs after the first (which includes tracing)."""
+
+    def __init__(self, images_per_epoch):
+        super().__init__()
+        self.images_per_epoch, self.times = images_per_epoch, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+    @property
+    def images_per_second(self):
+        return self.images_per_epoch * (len(self.times) - 1) / sum(self.times[1:])
+
+
+def measure(name, split, batch_size, epochs, pipeline):
+    keras.utils.set_random_seed(0)
+    model = zoo.get_model(name)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+    meter = Throughput(len(split))
+    if pipeline:
+        data = Batches(split, batch_size, augmentation={"crop_padding": 4, "flip": True})
+        model.fit(data, epochs=epochs, callbacks=[meter], verbose=0)
+    else:
+        model.fit(split.images, split.labels, batch_size=batch_size, epochs=epochs, callbacks=[meter], verbose=0)
+    return meter.images_per_second
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/data/cifar10")
+    parser.add_argument("--models", nargs="+", default=["lenet5", "vgg11_bn"])
+    parser.add_argument("--images", type=int, default=10000, help="training images per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="the first epoch is not timed")
+    parser.add_argument("--batch-size", type=int, default=128)
+    args = parser.parse_args()
+    split = load_dataset(data_dir=args.data_dir, limit=args.images).train
+    print(f"{'model':<14}{'in-memory img/s':>17}{'pipeline img/s':>16}{'ratio':>8}")
+    for name in args.models:
+        plain = measure(name, split, args.batch_size, args.epochs, pipeline=False)
+        piped = measure(name, split, args.batch_size, args.epochs, pipeline=True)
+        print(f"{name:<14}{plain:>17,.0f}{piped:>16,.0f}{piped / plain:>8.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Data sources (tensorflow-datasets, image folders) -> uint8 arrays in memory; batch augmentation.
+
+Nothing here needs TensorFlow except the tfds source: training also runs under the JAX backend.
+Images stay raw uint8 RGB (0-255); scaling lives inside the models.
+"""
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+
+import keras
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
+
+
+@dataclasses.dataclass
+class Split:
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int32 [N]
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@dataclasses.dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Split
+    class_names: list
+    source: str
+
+
+def cache_dir():
+    """Where decoded image folders are cached: $ZOO_CACHE_DIR, else ~/.cache/zoo (never beside the data)."""
+    default = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "zoo"
+    return pathlib.Path(os.environ.get("ZOO_CACHE_DIR", default))
+
+
+def load_dataset(
+    source="cifar10",
+    *,
+    data_dir=None,
+    tfds_data_dir=None,
+    image_size=(32, 32),
+    channels=3,
+    validation_size=5000,
+    seed=0,
+    limit=None,
+):
+    """Train/validation/test splits as uint8 arrays of `image_size`.
+
+    `data_dir` (an image-folder tree `train/<class>/*`, `test/<class>/*`) takes precedence over
+    `source`, a tensorflow-datasets name. The validation split is carved from train with `seed`.
+    `limit` keeps only the first `limit` images of each split after a seeded shuffle (for quick runs).
+    """
+    if channels not in COLOR_MODES:
+        raise ValueError(f"`channels` must be one of {sorted(COLOR_MODES)}. Received: channels={channels!r}")
+    if data_dir:
+        train, test, class_names = load_image_folders(data_dir, image_size, channels)
+        source = str(pathlib.Path(data_dir).resolve())
+    else:
+        train, test, class_names = load_tfds(source, image_size, channels, data_dir=tfds_data_dir)
+        source = f"tfds:{source}"
+    rng = np.random.default_rng(seed)
+    train = _take(train, rng.permutation(len(train)))
+    test = _take(test, rng.permutation(len(test)))
+    if not 0 <= validation_size < len(train):
+        raise ValueError(
+            f"`validation_size` must be in [0, {len(train)}) for {len(train)} training images. "
+            f"Received: validation_size={validation_size!r}"
+        )
+    val, train = _take(train, slice(0, validation_size)), _take(train, slice(validation_size, None))
+    if limit:
+        train, val, test = (_take(s, slice(0, limit)) for s in (train, val, test))
+    return Dataset(train, val, test, class_names, source)
+
+
+def _take(split, index):
+    return Split(split.images[index], split.labels[index])
+
+
+def load_tfds(name, image_size, channels, data_dir=None):
+    """Train and test splits of a tensorflow-datasets image classification dataset."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.download_and_prepare()
+    class_names = builder.info.features["label"].names
+    splits = []
+    for split in ("train", "test"):
+        images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
+        splits.append(Split(_resize(images, image_size, channels), labels.astype("int32")))
+    return splits[0], splits[1], class_names
+
+
+def _resize(images, image_size, channels):
+    """uint8 images at `image_size` with `channels`, converting through Pillow only if needed."""
+    if images.shape[1:] == (*image_size, channels):
+        return images.astype("uint8")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[channels]
+    out = np.empty((len(images), *image_size, channels), "uint8")
+    for i, image in enumerate(images):
+        pil = keras.utils.array_to_img(image, scale=False).convert(mode)
+        out[i] = np.asarray(pil.resize(image_size[::-1]), "uint8").reshape(out.shape[1:])
+    return out
+
+
+def class_folders(data_dir):
+    """Class names of an image-folder tree (sorted folder names), checked across both splits."""
+    root = pathlib.Path(data_dir)
+    names = {}
+    for split in ("train", "test"):
+        folder = root / split
+        if not folder.is_dir():
+            raise ValueError(f"Missing split folder {folder}: expected {root}/train/<class>/* and {root}/test/<class>/*.")
+        names[split] = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        if not names[split]:
+            raise ValueError(f"Split folder {folder} has no class folders.")
+    if names["train"] != names["test"]:
+        only_train = sorted(set(names["train"]) - set(names["test"]))
+        only_test = sorted(set(names["test"]) - set(names["train"]))
+        raise ValueError(
+            f"Class folders differ between {root / 'train'} and {root / 'test'}: "
+            f"only in train: {only_train}, only in test: {only_test}."
+        )
+    return names["train"]
+
+
+def load_image_folders(data_dir, image_size, channels=3):
+    """Decode `train/` and `test/` of an image-folder tree once (cached) into uint8 arrays."""
+    class_names = class_folders(data_dir)
+    splits = [_load_split(pathlib.Path(data_dir) / split, class_names, image_size, channels) for split in ("train", "test")]
+    return splits[0], splits[1], class_names
+
+
+def _load_split(folder, class_names, image_size, channels):
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        found = sorted(p for p in (folder / name).iterdir() if p.is_file())
+        if not found:
+            raise ValueError(f"Empty class folder {folder / name}: every class needs at least one image.")
+        files += found
+        labels += [label] * len(found)
+    key = hashlib.sha256(repr((str(folder.resolve()), image_size, channels)).encode())
+    for f in files:
+        stat = f.stat()
+        key.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    cached = cache_dir() / f"{folder.name}-{key.hexdigest()[:24]}.npz"
+    if cached.exists():
+        with np.load(cached) as data:
+            return Split(data["images"], data["labels"])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        images = np.stack(list(pool.map(lambda f: _decode(f, image_size, channels), files, chunksize=256)))
+    split = Split(images, np.asarray(labels, "int32"))
+    _save_atomically(cached, images=split.images, labels=split.labels)
+    return split
+
+
+def _decode(path, image_size, channels):
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"Not an image file: {path} (expected one of {', '.join(IMAGE_SUFFIXES)}).")
+    try:
+        image = keras.utils.load_img(path, color_mode=COLOR_MODES[channels], target_size=image_size)
+    except Exception as e:
+        raise ValueError(f"Cannot decode image file {path}: {e}") from None
+    return np.asarray(image, "uint8").reshape(*image_size, channels)
+
+
+def _save_atomically(path, **arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def augment(images, rng, *, crop_padding=4, flip=True, cutout=0):
+    """Randomly augment a uint8 batch [N, H, W, C], each image with its own draw, vectorised.
+
+    crop_padding: zero-pad by this many pixels, then crop back at a random offset (0: off).
+    flip: flip half of the images horizontally.
+    cutout: side of a square zeroed at a random centre (DeVries & Taylor 2017; 0: off).
+    """
+    n, h, w, _ = images.shape
+    out = images.copy()
+    if crop_padding:
+        # Rows, then columns: one vectorised copy per offset value instead of a per-pixel gather.
+        p = crop_padding
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
+        rows_cropped = np.empty((n, h, w + 2 * p, images.shape[3]), images.dtype)
+        offsets = rng.integers(0, 2 * p + 1, size=(2, n))
+        for offset in range(2 * p + 1):
+            chosen = offsets[0] == offset
+            rows_cropped[chosen] = padded[chosen, offset : offset + h]
+        for offset in range(2 * p + 1):
+            chosen = offsets[1] == offset
+            out[chosen] = rows_cropped[chosen, :, offset : offset + w]
+    if flip:
+        flipped = rng.random(n) < 0.5
+        out[flipped] = out[flipped, :, ::-1]
+    if cutout:
+        top = rng.integers(-(cutout // 2), h - cutout // 2, size=(n, 1, 1))
+        left = rng.integers(-(cutout // 2), w - cutout // 2, size=(n, 1, 1))
+        r, c = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
+        inside = (r >= top) & (r < top + cutout) & (c >= left) & (c < left + cutout)
+        out = np.where(inside[..., None], np.uint8(0), out)
+    return out
+
+
+def one_hot(labels, num_classes):
+    return np.eye(num_classes, dtype="float32")[labels]
+
+
+class Batches(keras.utils.PyDataset):
+    """Shuffled, augmented batches of a `Split`, reproducible from (`seed`, epoch, batch index).
+
+    Labels are sparse ints, or one-hot vectors of length `one_hot` when it is given.
+
+    Every draw depends only on those three numbers, so a run resumed at epoch k sees exactly
+    the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, **kwargs):
+        super().__init__(**kwargs)
+        self.split, self.batch_size, self.seed, self.one_hot = split, batch_size, seed, one_hot
+        self.augmentation = augmentation
+        self.epoch = epoch
+        self._order = self._permutation()
+
+    def _permutation(self):
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.split))
+
+    def __len__(self):
+        return -(-len(self.split) // self.batch_size)
+
+    def __getitem__(self, index):
+        chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        images = self.split.images[chosen]
+        if self.augmentation is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            images = augment(images, rng, **self.augmentation)
+        labels = self.split.labels[chosen]
+        return images, labels if self.one_hot is None else one_hot(labels, self.one_hot)
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._order = self._permutation()

@@ -1,0 +1,84 @@
+"""Accuracy, loss, per-class accuracy and confusion matrix of a model; what it ran on."""
+
+import os
+import platform
+import sys
+
+import numpy as np
+
+import keras
+
+
+def outputs_probabilities(model):
+    """Whether the model ends in a softmax (else it outputs logits)."""
+    return model.layers[-1].get_config().get("activation") == "softmax"
+
+
+def predict(model, images, *, tta_flip=False, batch_size=256):
+    """Model outputs for uint8 images; with `tta_flip`, averaged with those of the mirrored images."""
+    outputs = model.predict(images, batch_size=batch_size, verbose=0)
+    if tta_flip:
+        outputs = (outputs + model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
+    return np.asarray(outputs, "float64")
+
+
+def evaluate(model, split, class_names, *, tta_flip=False, batch_size=256):
+    """Accuracy, cross-entropy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    outputs = predict(model, split.images, tta_flip=tta_flip, batch_size=batch_size)
+    if outputs_probabilities(model):
+        log_probs = np.log(np.clip(outputs, 1e-12, 1.0))
+    else:
+        shifted = outputs - outputs.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    labels = split.labels
+    predicted = outputs.argmax(axis=1)
+    confusion = np.zeros((len(class_names), len(class_names)), "int64")
+    np.add.at(confusion, (labels, predicted), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "loss": float(-log_probs[np.arange(len(labels)), labels].mean()),
+        "per_class_accuracy": {name: float(a) for name, a in zip(class_names, per_class)},
+        "confusion_matrix": confusion.tolist(),
+        "images": int(len(labels)),
+        "tta_flip": tta_flip,
+    }
+
+
+def hardware():
+    """The CPU and the accelerators Keras sees."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    accelerators = []
+    if keras.backend.backend() == "jax":
+        import jax
+
+        accelerators = [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        accelerators = [
+            tf.config.experimental.get_device_details(d).get("device_name", d.name)
+            for d in tf.config.list_physical_devices("GPU")
+        ]
+    return {"cpu": cpu, "cpu_cores": os.cpu_count(), "accelerators": accelerators, "platform": platform.platform()}
+
+
+def versions():
+    """Versions of Python, Keras, its backend, NumPy and zoo."""
+    import zoo
+
+    backend = keras.backend.backend()
+    backend_module = sys.modules.get({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend))
+    return {
+        "python": platform.python_version(),
+        "zoo": zoo.__version__,
+        "keras": keras.__version__,
+        "backend": backend,
+        "backend_version": getattr(backend_module, "__version__", None),
+        "numpy": np.__version__,
+    }

@@ -1,0 +1,182 @@
+"""Training recipes: declarative TOML files, checked against a schema, with `--set key=value` overrides."""
+
+import copy
+import pathlib
+import sys
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+RECIPES_DIR = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+REQUIRED = object()
+OPTIONAL = None
+
+# section -> key -> (type, default). REQUIRED keys must be given; OPTIONAL (None) ones may be absent.
+SCHEMA = {
+    "model": {
+        "name": (str, REQUIRED),
+        "batch_norm": (bool, OPTIONAL),
+        "dropout": (float, OPTIONAL),
+        "fc_units": (list, OPTIONAL),
+    },
+    "data": {
+        "source": (str, "cifar10"),  # a tensorflow-datasets name
+        "data_dir": (str, ""),  # an image-folder tree; overrides `source`
+        "tfds_data_dir": (str, ""),
+        "image_size": (list, [32, 32]),
+        "validation_size": (int, 5000),
+        "batch_size": (int, 128),  # per replica
+        "limit": (int, 0),  # keep only this many images per split (0: all)
+    },
+    "augment": {
+        "crop_padding": (int, 4),
+        "flip": (bool, True),
+        "cutout": (int, 0),
+    },
+    "optimizer": {
+        "learning_rate": (float, 0.05),  # the peak of the schedule
+        "momentum": (float, 0.9),
+        "nesterov": (bool, True),
+        "weight_decay": (float, 5e-4),  # not applied to biases and batch-norm parameters
+    },
+    "schedule": {
+        "name": (str, "warmup_cosine"),
+        "warmup_epochs": (float, 1.0),
+        "final_fraction": (float, 0.0),  # learning rate at the end, as a fraction of the peak
+    },
+    "training": {
+        "epochs": (int, 30),
+        "label_smoothing": (float, 0.0),
+        "seed": (int, 0),
+        "precision": (str, "float32"),
+        "tta_flip": (bool, False),  # average the logits of each test image and its mirror
+    },
+    "expected": {
+        "test_accuracy": (float, OPTIONAL),
+        "hardware": (str, ""),
+        "train_time": (str, ""),
+        "notes": (str, ""),
+    },
+}
+
+CHOICES = {
+    ("schedule", "name"): ("warmup_cosine", "constant"),
+    ("training", "precision"): ("float32", "mixed_bfloat16", "mixed_float16"),
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that does not match the schema."""
+
+
+def available():
+    """Names of the recipes shipped in `recipes/`."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def locate(name_or_path):
+    """The path of a recipe given as a file path or as the name of a shipped recipe."""
+    path = pathlib.Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise RecipeError(f"Recipe file not found: {path}")
+        return path
+    shipped = RECIPES_DIR / f"{name_or_path}.toml"
+    if not shipped.is_file():
+        raise RecipeError(f"Unknown recipe {name_or_path!r}. Shipped recipes: {', '.join(available())}; or give a path to a .toml file.")
+    return shipped
+
+
+def load(name_or_path, overrides=()):
+    """The resolved recipe (every key, defaults filled in) of a recipe file plus `key=value` overrides."""
+    path = locate(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError(f"{path}: invalid TOML: {e}") from None
+    for override in overrides:
+        _apply_override(raw, override)
+    recipe = resolve(raw, source=str(path))
+    recipe["name"] = path.stem
+    return recipe
+
+
+def _apply_override(raw, override):
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"An override must look like section.key=value. Received: {override!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # a bare word, e.g. model.name=vgg11_bn
+    *sections, leaf = key.strip().split(".")
+    table = raw
+    for section in sections:
+        table = table.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise RecipeError(f"{key!r} is not a recipe key. Received: {override!r}")
+    table[leaf] = value
+
+
+def resolve(raw, source="recipe"):
+    """Check `raw` against the schema and fill in defaults; a RecipeError names any bad key or value."""
+    for key in raw:
+        if key not in SCHEMA and key != "description":
+            raise RecipeError(
+                f"{source}: unknown recipe key {key!r}. Valid: description, {', '.join(f'[{s}]' for s in SCHEMA)}."
+            )
+    recipe = {"description": _check("", "description", raw.get("description", ""), str, source)}
+    for section, fields in SCHEMA.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise RecipeError(f"{source}: [{section}] must be a table. Received: {section}={given!r}")
+        table = recipe[section] = {}
+        for key, value in given.items():
+            if key not in fields:
+                raise RecipeError(
+                    f"{source}: unknown key '{section}.{key}'. Valid keys in [{section}]: {', '.join(fields)}."
+                )
+            table[key] = _check(section, key, value, fields[key][0], source)
+        for key, (_, default) in fields.items():
+            if key not in table:
+                if default is REQUIRED:
+                    raise RecipeError(f"{source}: missing required key {section}.{key}.")
+                table[key] = copy.deepcopy(default)
+    return recipe
+
+
+def _dotted(section, key):
+    return f"{section}.{key}" if section else key
+
+
+def _check(section, key, value, kind, source):
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise RecipeError(f"{source}: {_dotted(section, key)} must be of type {kind.__name__}. Received: {_dotted(section, key)}={value!r}")
+    choices = CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise RecipeError(f"{source}: {_dotted(section, key)} must be one of {', '.join(choices)}. Received: {_dotted(section, key)}={value!r}")
+    return value
+
+
+def to_toml(recipe):
+    """The resolved recipe as TOML text (optional keys that are unset are left out)."""
+    lines = [f"{k} = {toml_value(v)}" for k, v in recipe.items() if not isinstance(v, dict) and v is not None]
+    for section, table in recipe.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{section}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return repr(value)

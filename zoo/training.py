@@ -1,0 +1,254 @@
+"""Recipe -> data, model, optimizer, callbacks, fit -> a run folder with the model, numbers and plots.
+
+A run folder holds `recipe.toml` (the resolved recipe), `model.keras` (best on validation),
+`history.csv`, `results.json`, `logs/` (TensorBoard, TensorFlow backend only), `plots/` and,
+while training, `backup/` (the resume point). Re-running the same command resumes from it.
+"""
+
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import time
+
+import numpy as np
+
+import keras
+
+from zoo import recipe as recipes
+from zoo.data import Batches, load_dataset, one_hot
+from zoo.models import get_model
+from zoo.evaluation import evaluate, hardware, versions
+
+BACKUP = "backup"
+STATE = "state.json"
+
+
+class RunFolderError(FileExistsError):
+    """A run folder that cannot be used as asked (finished, or started with another recipe)."""
+
+
+def prepare_run_folder(run_dir, recipe, overwrite=False):
+    """Create `run_dir`, or check that it can be resumed; return the epoch to resume from (0: fresh)."""
+    run_dir = pathlib.Path(run_dir)
+    recipe_text = recipes.to_toml(recipe)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:
+            shutil.rmtree(run_dir)
+        elif (run_dir / "results.json").exists():
+            raise RunFolderError(f"Run folder {run_dir} holds a finished run. Use another --out, or --overwrite to replace it.")
+        elif (run_dir / "recipe.toml").exists() and (run_dir / "recipe.toml").read_text() != recipe_text:
+            raise RunFolderError(
+                f"Run folder {run_dir} was started with a different recipe, so it cannot be resumed with this one. "
+                "Use another --out, or --overwrite to start again."
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.toml").write_text(recipe_text)
+    metadata = run_dir / BACKUP / "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
+    return json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
+
+
+def make_optimizer(recipe, steps_per_epoch):
+    opt, sched = recipe["optimizer"], recipe["schedule"]
+    total = recipe["training"]["epochs"] * steps_per_epoch
+    if sched["name"] == "warmup_cosine":
+        warmup = min(int(sched["warmup_epochs"] * steps_per_epoch), total - 1)
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else opt["learning_rate"],
+            decay_steps=max(total - warmup, 1),
+            alpha=sched["final_fraction"],
+            warmup_target=opt["learning_rate"] if warmup else None,
+            warmup_steps=warmup,
+        )
+    else:
+        learning_rate = opt["learning_rate"]
+    optimizer = keras.optimizers.SGD(
+        learning_rate=learning_rate,
+        momentum=opt["momentum"],
+        nesterov=opt["nesterov"],
+        weight_decay=opt["weight_decay"] or None,
+    )
+    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def build_model(recipe, input_shape, num_classes):
+    options = {k: v for k, v in recipe["model"].items() if k != "name" and v is not None}
+    if "fc_units" in options:
+        options["fc_units"] = tuple(options["fc_units"])
+    return get_model(recipe["model"]["name"], input_shape=input_shape, num_classes=num_classes, **options)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Save the model whenever `val_accuracy` improves, atomically (a kill never leaves half a file)."""
+
+    def __init__(self, path, best=-math.inf):
+        super().__init__()
+        self.path, self.best = pathlib.Path(path), best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_accuracy")
+        if value is not None and value > self.best and math.isfinite(logs.get("loss", 0.0)):
+            self.best = value
+            tmp = self.path.with_name(f".tmp-{self.path.name}")
+            self.model.save(tmp)
+            os.replace(tmp, self.path)
+
+
+class RunState(keras.callbacks.Callback):
+    """Keeps `state.json`: training seconds so far and the epochs the run resumed from."""
+
+    def __init__(self, path, initial_epoch, epochs):
+        super().__init__()
+        self.path, self.epochs = pathlib.Path(path), epochs
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {"train_seconds": 0.0, "resumed_from_epoch": []}
+        if initial_epoch:
+            self.state["resumed_from_epoch"].append(initial_epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        self.state["train_seconds"] += seconds
+        self.state["epoch"] = epoch + 1
+        tmp = self.path.with_name(f".tmp-{self.path.name}")
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.path)
+        per_epoch = self.state["train_seconds"] / (epoch + 1)
+        print(
+            f"epoch {epoch + 1}/{self.epochs}: {seconds:.0f}s, loss {logs.get('loss', float('nan')):.4f}, "
+            f"val_accuracy {logs.get('val_accuracy', float('nan')):.4f}, "
+            f"ETA {_duration(per_epoch * (self.epochs - epoch - 1))}",
+            flush=True,
+        )
+
+
+def _duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _best_logged(history_csv, initial_epoch):
+    """Best val_accuracy of the epochs already done, dropping rows logged after the resume point."""
+    if not history_csv.exists():
+        return -math.inf
+    lines = history_csv.read_text().splitlines()
+    if not lines:
+        return -math.inf
+    header, rows = lines[0], [l for l in lines[1:] if l and int(l.split(",")[0]) < initial_epoch]
+    history_csv.write_text("\n".join([header, *rows]) + "\n")
+    column = header.split(",").index("val_accuracy") if "val_accuracy" in header.split(",") else None
+    values = [float(r.split(",")[column]) for r in rows] if column is not None else []
+    return max(values, default=-math.inf)
+
+
+def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
+    """Train `recipe` (a resolved recipe dict) into `run_dir`; resume if it holds a backup. Returns results."""
+    from zoo import distribute
+
+    run_dir = pathlib.Path(run_dir)
+    image_size = tuple(recipe["data"]["image_size"])
+    build_model(recipe, (*image_size, 3), num_classes=2)  # fails fast on a bad model section
+    scope, replicas = distribute.setup(strategy)
+    initial_epoch = prepare_run_folder(run_dir, recipe, overwrite)
+    epochs = recipe["training"]["epochs"]
+    if initial_epoch:
+        print(f"resuming from epoch {initial_epoch}", flush=True)
+
+    keras.utils.set_random_seed(recipe["training"]["seed"])
+    keras.config.set_dtype_policy(recipe["training"]["precision"])
+    data_cfg = recipe["data"]
+    dataset = load_dataset(
+        data_cfg["source"],
+        data_dir=data_cfg["data_dir"] or None,
+        tfds_data_dir=data_cfg["tfds_data_dir"] or None,
+        image_size=image_size,
+        validation_size=data_cfg["validation_size"],
+        seed=recipe["training"]["seed"],
+        limit=data_cfg["limit"] or None,
+    )
+    batch_size = data_cfg["batch_size"] * replicas
+    num_classes = len(dataset.class_names)
+    batches = Batches(
+        dataset.train, batch_size, seed=recipe["training"]["seed"], augmentation=recipe["augment"],
+        epoch=initial_epoch, one_hot=num_classes,  # one-hot for label smoothing
+    )
+    with scope():
+        model = build_model(recipe, (*image_size, 3), num_classes)
+        model.compile(
+            optimizer=make_optimizer(recipe, len(batches)),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe["training"]["label_smoothing"]),
+            metrics=["accuracy"],
+        )
+    callbacks = [
+        keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True),
+        BestCheckpoint(run_dir / "model.keras", best=_best_logged(run_dir / "history.csv", initial_epoch)),
+        keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
+        keras.callbacks.TerminateOnNaN(),
+        RunState(run_dir / STATE, initial_epoch, epochs),
+    ]
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
+    if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
+        verbose = 1 if sys.stdout.isatty() else 0
+    history = model.fit(
+        batches,
+        validation_data=(dataset.val.images, one_hot(dataset.val.labels, num_classes)),
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    return finish(run_dir, recipe, dataset, history)
+
+
+def finish(run_dir, recipe, dataset, history):
+    """Evaluate the best checkpoint on the test split once; write `results.json` and the plots."""
+    from zoo import plots
+
+    losses = history.history.get("loss", [])
+    stopped = "nan_loss" if any(not math.isfinite(v) for v in losses) else None
+    if stopped:
+        print(f"training stopped: the loss became NaN; keeping the last good checkpoint {run_dir / 'model.keras'}", flush=True)
+    if not (run_dir / "model.keras").exists():
+        raise RuntimeError(f"Training in {run_dir} produced no checkpoint (the loss was NaN before the first validation).")
+    model = keras.saving.load_model(run_dir / "model.keras")
+    test = evaluate(model, dataset.test, dataset.class_names, tta_flip=recipe["training"]["tta_flip"])
+    state = json.loads((run_dir / STATE).read_text())
+    epochs_done = state.get("epoch", 0)
+    images = epochs_done * len(dataset.train)
+    results = {
+        "model": recipe["model"]["name"],
+        "recipe": recipe["name"],
+        "epochs": epochs_done,
+        "stopped": stopped,
+        "val_accuracy": _best_logged(run_dir / "history.csv", epochs_done),
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "test_per_class_accuracy": test["per_class_accuracy"],
+        "test_confusion_matrix": test["confusion_matrix"],
+        "tta_flip": test["tta_flip"],
+        "train_seconds": round(state["train_seconds"], 1),
+        "images_per_second": round(images / state["train_seconds"], 1) if state["train_seconds"] else None,
+        "resumed_from_epoch": state["resumed_from_epoch"],
+        "data": {
+            "source": dataset.source,
+            "class_names": dataset.class_names,
+            "train_images": len(dataset.train),
+            "val_images": len(dataset.val),
+            "test_images": len(dataset.test),
+        },
+        "params": model.count_params(),
+        "precision": recipe["training"]["precision"],
+        "hardware": hardware(),
+        "versions": versions(),
+    }
+    plots.history_curves(run_dir / "history.csv", run_dir / "plots" / "history.png")
+    plots.confusion_matrix(test["confusion_matrix"], dataset.class_names, run_dir / "plots" / "confusion_matrix.png")
+    tmp = run_dir / ".tmp-results.json"
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, run_dir / "results.json")
+    print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) -> {run_dir / 'results.json'}", flush=True)
+    return results
