@@ -1,7 +1,10 @@
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Decoded-image caches of this test session go to a temporary folder, never beside the data.
+os.environ["ZOO_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-test-cache-")
 
 import pytest
 
@@ -15,3 +18,20 @@ def cifar10_dir():
     if not (CIFAR10 / "train").is_dir():
         pytest.skip(f"CIFAR-10 image folders not found at {CIFAR10}")
     return CIFAR10
+
+
+def link_subset(source, target, per_class):
+    """An image-folder tree under `target` with links to the first `per_class[split]` images of each class."""
+    for split, count in per_class.items():
+        for class_dir in sorted((source / split).iterdir()):
+            out = target / split / class_dir.name
+            out.mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:count]:
+                (out / image.name).symlink_to(image)
+    return target
+
+
+@pytest.fixture(scope="session")
+def small_cifar10(cifar10_dir, tmp_path_factory):
+    """3,000 training and 500 test images of the real CIFAR-10 copy, as an image-folder tree."""
+    return link_subset(cifar10_dir, tmp_path_factory.mktemp("cifar10_small"), {"train": 300, "test": 50})

@@ -95,8 +95,10 @@ def load_tfds(name, image_size, channels, data_dir=None):
     class_names = builder.info.features["label"].names
     splits = []
     for split in ("train", "test"):
-        images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
-        splits.append(Split(_resize(images, image_size, channels), labels.astype("int32")))
+        batches = list(tfds.as_numpy(builder.as_dataset(split=split, as_supervised=True).batch(4096)))
+        images = np.concatenate([b[0] for b in batches])
+        labels = np.concatenate([b[1] for b in batches]).astype("int32")
+        splits.append(Split(_resize(images, image_size, channels), labels))
     return splits[0], splits[1], class_names
 
 

@@ -164,11 +164,10 @@ def _check(section, key, value, kind, source):
 
 
 def to_toml(recipe):
-    """The resolved recipe as TOML text (optional keys that are unset are left out)."""
-    lines = [f"{k} = {toml_value(v)}" for k, v in recipe.items() if not isinstance(v, dict) and v is not None]
-    for section, table in recipe.items():
-        if isinstance(table, dict):
-            lines += ["", f"[{section}]"] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
+    """The resolved recipe as TOML text (its `name` and unset optional keys are left out)."""
+    lines = [f"description = {toml_value(recipe['description'])}"]
+    for section in SCHEMA:
+        lines += ["", f"[{section}]"] + [f"{k} = {toml_value(v)}" for k, v in recipe[section].items() if v is not None]
     return "\n".join(lines) + "\n"
 
 

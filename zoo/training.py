@@ -150,16 +150,25 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
     from zoo import distribute
 
     run_dir = pathlib.Path(run_dir)
+    scope, replicas = distribute.setup(strategy)  # first: multi-worker needs an untouched runtime
     image_size = tuple(recipe["data"]["image_size"])
     build_model(recipe, (*image_size, 3), num_classes=2)  # fails fast on a bad model section
-    scope, replicas = distribute.setup(strategy)
     initial_epoch = prepare_run_folder(run_dir, recipe, overwrite)
-    epochs = recipe["training"]["epochs"]
     if initial_epoch:
         print(f"resuming from epoch {initial_epoch}", flush=True)
 
     keras.utils.set_random_seed(recipe["training"]["seed"])
+    previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(recipe["training"]["precision"])
+    try:
+        return _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose):
+    epochs = recipe["training"]["epochs"]
+    image_size = tuple(recipe["data"]["image_size"])
     data_cfg = recipe["data"]
     dataset = load_dataset(
         data_cfg["source"],
@@ -184,7 +193,6 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
             metrics=["accuracy"],
         )
     callbacks = [
-        keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True),
         BestCheckpoint(run_dir / "model.keras", best=_best_logged(run_dir / "history.csv", initial_epoch)),
         keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
         keras.callbacks.TerminateOnNaN(),
@@ -192,6 +200,8 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
     ]
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
+    # Last, so an epoch counts as done only once everything above has been written for it.
+    callbacks.append(keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True))
     if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
         verbose = 1 if sys.stdout.isatty() else 0
     history = model.fit(
@@ -217,7 +227,7 @@ def finish(run_dir, recipe, dataset, history):
     model = keras.saving.load_model(run_dir / "model.keras")
     test = evaluate(model, dataset.test, dataset.class_names, tta_flip=recipe["training"]["tta_flip"])
     state = json.loads((run_dir / STATE).read_text())
-    epochs_done = state.get("epoch", 0)
+    epochs_done = state.get("epoch", 0) - (1 if stopped else 0)  # the NaN epoch did not complete
     images = epochs_done * len(dataset.train)
     results = {
         "model": recipe["model"]["name"],

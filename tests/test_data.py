@@ -1,0 +1,148 @@
+"""Image-folder and tfds sources, the validation split, augmentation and batching."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import zoo.data as data
+from zoo.data import Batches, Split, augment, load_dataset
+
+
+def test_image_folders_decode_real_cifar10(small_cifar10):
+    ds = load_dataset(data_dir=small_cifar10, validation_size=400, seed=3)
+    assert ds.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (2600, 400, 500)
+    assert ds.train.images.shape[1:] == (32, 32, 3) and ds.train.images.dtype == np.uint8
+    assert np.bincount(ds.test.labels).tolist() == [50] * 10
+    first_cat = np.asarray(Image.open(small_cifar10 / "test" / "cat" / "0000.jpg"))
+    assert any(np.array_equal(first_cat, image) for image in ds.test.images[ds.test.labels == 3])
+
+
+def test_validation_split_is_seeded_and_disjoint(small_cifar10):
+    a = load_dataset(data_dir=small_cifar10, validation_size=500, seed=0)
+    b = load_dataset(data_dir=small_cifar10, validation_size=500, seed=0)
+    c = load_dataset(data_dir=small_cifar10, validation_size=500, seed=1)
+    np.testing.assert_array_equal(a.val.images, b.val.images)
+    assert not np.array_equal(a.val.images, c.val.images)
+    train_keys = {img.tobytes() for img in a.train.images}
+    assert not any(img.tobytes() in train_keys for img in a.val.images)
+
+
+def test_images_are_resized_to_the_model_input(small_cifar10):
+    ds = load_dataset(data_dir=small_cifar10, image_size=(40, 48), channels=1, validation_size=10, limit=20)
+    assert ds.train.images.shape == (20, 40, 48, 1)
+
+
+def test_decoded_folders_are_cached_outside_the_data(small_cifar10, monkeypatch, tmp_path):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_dataset(data_dir=small_cifar10, validation_size=100)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    monkeypatch.setattr(data, "_decode", lambda *a: pytest.fail("decoded again despite the cache"))
+    again = load_dataset(data_dir=small_cifar10, validation_size=100)
+    np.testing.assert_array_equal(first.train.images, again.train.images)
+    assert not list(small_cifar10.rglob("*.npz"))
+
+
+def make_tree(root, train=("a", "b"), test=("a", "b"), images=2):
+    for split, classes in (("train", train), ("test", test)):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(images):
+                Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_missing_split_folder(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "test").rename(tmp_path / "testing")
+    with pytest.raises(ValueError, match=f"Missing split folder {tmp_path / 'test'}"):
+        load_dataset(data_dir=tmp_path, validation_size=1)
+
+
+def test_empty_class_folder(tmp_path):
+    make_tree(tmp_path)
+    for f in (tmp_path / "train" / "b").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match=f"Empty class folder {tmp_path / 'train' / 'b'}"):
+        load_dataset(data_dir=tmp_path, validation_size=1)
+
+
+def test_classes_that_differ_between_train_and_test(tmp_path):
+    make_tree(tmp_path, test=("a", "c"))
+    with pytest.raises(ValueError, match=r"only in train: \['b'\], only in test: \['c'\]"):
+        load_dataset(data_dir=tmp_path, validation_size=1)
+
+
+def test_a_file_that_is_not_an_image(tmp_path):
+    make_tree(tmp_path)
+    (tmp_path / "train" / "a" / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=f"Not an image file: {tmp_path / 'train' / 'a' / 'notes.txt'}"):
+        load_dataset(data_dir=tmp_path, validation_size=1)
+    (tmp_path / "train" / "a" / "notes.txt").unlink()
+    (tmp_path / "train" / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=f"Cannot decode image file {tmp_path / 'train' / 'a' / 'broken.jpg'}"):
+        load_dataset(data_dir=tmp_path, validation_size=1)
+
+
+def test_tfds_source_with_mock_data():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=60):
+        ds = load_dataset("cifar10", validation_size=10, seed=0)
+    assert len(ds.class_names) == 10  # names come from metadata that mock_data does not load
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 60)
+    assert ds.train.images.shape[1:] == (32, 32, 3) and ds.train.images.dtype == np.uint8
+    assert ds.source == "tfds:cifar10"
+
+
+def batch_of_distinct_images(n=64, size=8):
+    rng = np.random.default_rng(0)
+    return rng.integers(1, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def test_flip_mirrors_about_half_the_images():
+    images = batch_of_distinct_images()
+    out = augment(images, np.random.default_rng(1), crop_padding=0, flip=True)
+    mirrored = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
+    unchanged = [np.array_equal(o, i) for o, i in zip(out, images)]
+    assert all(m or u for m, u in zip(mirrored, unchanged))
+    assert 16 < sum(mirrored) < 48
+
+
+def test_crop_takes_a_window_of_the_padded_image_per_image():
+    images = batch_of_distinct_images()
+    out = augment(images, np.random.default_rng(2), crop_padding=2, flip=False)
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
+    offsets = set()
+    for o, p in zip(out, padded):
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if np.array_equal(o, p[dy : dy + 8, dx : dx + 8])]
+        assert found
+        offsets.add(found[0])
+    assert len(offsets) > 10  # each image draws its own offset
+
+
+def test_cutout_zeroes_one_square_per_image():
+    images = batch_of_distinct_images(size=16)
+    out = augment(images, np.random.default_rng(3), crop_padding=0, flip=False, cutout=4)
+    zeroed = (out == 0).all(axis=-1) & (images != 0).all(axis=-1)
+    assert zeroed.sum(axis=(1, 2)).max() == 16
+    assert np.array_equal(out[~zeroed], images[~zeroed])
+
+
+def test_batches_cover_every_image_once_per_epoch_and_reproduce():
+    images = batch_of_distinct_images(n=50)
+    split = Split(images, np.arange(50, dtype="int32"))
+    batches = Batches(split, 16, seed=7, augmentation=None)
+    assert len(batches) == 4
+    labels = np.concatenate([batches[i][1] for i in range(len(batches))])
+    assert sorted(labels) == list(range(50))
+    first_epoch = labels
+    batches.on_epoch_end()
+    second = np.concatenate([batches[i][1] for i in range(len(batches))])
+    assert not np.array_equal(first_epoch, second)
+    resumed = Batches(split, 16, seed=7, augmentation={"crop_padding": 2, "flip": True}, epoch=1)
+    again = Batches(split, 16, seed=7, augmentation={"crop_padding": 2, "flip": True}, epoch=1)
+    np.testing.assert_array_equal(resumed[2][0], again[2][0])
+    np.testing.assert_array_equal(resumed[2][1], second[32:48])
+    x, y = Batches(split, 16, one_hot=50)[0]
+    assert y.shape == (16, 50) and (y.sum(axis=1) == 1).all()

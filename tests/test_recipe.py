@@ -1,0 +1,72 @@
+import pytest
+
+from zoo import recipe as recipes
+from zoo.recipe import RecipeError
+
+
+@pytest.mark.parametrize("name", recipes.available())
+def test_shipped_recipes_resolve_and_name_registered_models(name):
+    import zoo
+
+    recipe = recipes.load(name)
+    assert recipe["name"] == name
+    assert recipe["model"]["name"] in zoo.list_models()
+    assert recipe["optimizer"]["nesterov"] is True
+    assert recipe["schedule"]["name"] == "warmup_cosine"
+    assert recipes.resolve(recipes.tomllib.loads(recipes.to_toml(recipe))) | {"name": name} == recipe
+
+
+def test_shipped_recipes_cover_the_released_models():
+    assert {"lenet5_cifar10", "alexnet_lite_cifar10", "vgg11_bn_cifar10", "vgg16_bn_cifar10"} <= set(recipes.available())
+
+
+def test_overrides_parse_toml_values_and_bare_words():
+    recipe = recipes.load(
+        "lenet5_cifar10",
+        ["optimizer.learning_rate=0.2", "data.batch_size=64", "augment.flip=false", "model.name=vgg11_bn",
+         "model.fc_units=[256, 128]", 'data.data_dir="/tmp/my data"'],
+    )
+    assert recipe["optimizer"]["learning_rate"] == 0.2
+    assert recipe["data"]["batch_size"] == 64
+    assert recipe["augment"]["flip"] is False
+    assert recipe["model"]["name"] == "vgg11_bn"
+    assert recipe["model"]["fc_units"] == [256, 128]
+    assert recipe["data"]["data_dir"] == "/tmp/my data"
+
+
+def test_an_int_is_accepted_where_a_float_is_expected():
+    assert recipes.load("lenet5_cifar10", ["optimizer.learning_rate=1"])["optimizer"]["learning_rate"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.lr=0.1", r"unknown key 'optimizer.lr'. Valid keys in \[optimizer\]: learning_rate, momentum"),
+        ("optimiser.learning_rate=0.1", r"unknown recipe key 'optimiser'"),
+        ("data.batch_size=big", r"data.batch_size must be of type int. Received: data.batch_size='big'"),
+        ("data.batch_size=true", r"data.batch_size must be of type int"),
+        ("training.precision=float16", r"training.precision must be one of float32, mixed_bfloat16, mixed_float16"),
+        ("schedule.name=step", r"schedule.name must be one of warmup_cosine, constant. Received: schedule.name='step'"),
+        ("learning_rate", r"must look like section.key=value. Received: 'learning_rate'"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, message):
+    with pytest.raises(RecipeError, match=message):
+        recipes.load("lenet5_cifar10", [override])
+
+
+def test_recipe_files_are_checked(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[model]\nname = "lenet5"\ndepth = 3\n')
+    with pytest.raises(RecipeError, match=r"mine.toml: unknown key 'model.depth'"):
+        recipes.load(path)
+    path.write_text("[data]\nbatch_size = 32\n")
+    with pytest.raises(RecipeError, match=r"missing required key model.name"):
+        recipes.load(path)
+    path.write_text("[model\n")
+    with pytest.raises(RecipeError, match=r"invalid TOML"):
+        recipes.load(path)
+    with pytest.raises(RecipeError, match=r"Unknown recipe 'vgg99_cifar10'. Shipped recipes: alexnet_lite_cifar10"):
+        recipes.load("vgg99_cifar10")
+    with pytest.raises(RecipeError, match=r"Recipe file not found"):
+        recipes.load(tmp_path / "absent.toml")

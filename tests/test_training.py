@@ -1,0 +1,204 @@
+"""`zoo train` / `zoo eval` on the real CIFAR-10 copy: results, files, resume, determinism, NaN, strategies."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras
+from zoo.cli import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quick_args(data_dir, out, epochs=2, limit=2000):
+    return [
+        "train", "lenet5_cifar10", "--data-dir", str(data_dir), "--epochs", str(epochs), "--out", str(out),
+        "--set", "data.validation_size=500", "--set", f"data.limit={limit}",
+    ]
+
+
+def zoo_process(args, env=None, **kwargs):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "zoo.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env, cwd=REPO, **kwargs,
+    )
+
+
+def run_zoo(args, env=None, timeout=400):
+    proc = zoo_process(args, env)
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def epochs_logged(run_dir):
+    with open(run_dir / "history.csv") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def weights_of(path):
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_cifar10, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "lenet5"
+    assert main([*quick_args(small_cifar10, run_dir, epochs=2, limit=0)]) == 0
+    return run_dir
+
+
+def test_real_data_smoke_run_writes_a_complete_run_folder(trained_run):
+    results = json.loads((trained_run / "results.json").read_text())
+    assert results["test_accuracy"] > 0.25, "LeNet-5 should beat chance (0.10) clearly after 2 epochs"
+    assert results["model"] == "lenet5" and results["recipe"] == "lenet5_cifar10" and results["epochs"] == 2
+    assert 0 < results["val_accuracy"] <= 1 and results["test_loss"] > 0
+    assert results["data"]["class_names"][3] == "cat"
+    assert (results["data"]["train_images"], results["data"]["val_images"], results["data"]["test_images"]) == (2500, 500, 500)
+    assert results["train_seconds"] > 0 and results["images_per_second"] > 0
+    assert results["resumed_from_epoch"] == [] and results["stopped"] is None
+    assert results["hardware"]["cpu_cores"] >= 1 and results["versions"]["backend"] == "tensorflow"
+    assert sum(map(sum, results["test_confusion_matrix"])) == 500
+    assert epochs_logged(trained_run) == [0, 1]
+    assert "[model]" in (trained_run / "recipe.toml").read_text()
+    assert list((trained_run / "logs" / "train").glob("events.out.tfevents.*"))
+    for png in ("history.png", "confusion_matrix.png"):
+        assert Image.open(trained_run / "plots" / png).size[0] > 300
+    assert not (trained_run / "backup").exists()
+    model = keras.saving.load_model(trained_run / "model.keras", safe_mode=True)
+    assert model.name == "lenet5" and model.get_layer("block1_bn1")
+
+
+def test_eval_reports_the_same_test_accuracy(trained_run, small_cifar10, capsys):
+    results = json.loads((trained_run / "results.json").read_text())
+    assert main(["eval", str(trained_run / "model.keras"), "--data-dir", str(small_cifar10), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == pytest.approx(results["test_accuracy"])
+    assert report["images"] == 500 and len(report["per_class_accuracy"]) == 10
+    assert main(["eval", str(trained_run / "model.keras"), "--data-dir", str(small_cifar10)]) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {results['test_accuracy']:.4f}" in text and "confusion matrix" in text
+
+
+def test_a_finished_run_is_not_overwritten(trained_run, small_cifar10, capsys):
+    before = (trained_run / "model.keras").read_bytes()
+    assert main([*quick_args(small_cifar10, trained_run)]) == 2
+    assert "holds a finished run. Use another --out, or --overwrite" in capsys.readouterr().err
+    assert (trained_run / "model.keras").read_bytes() == before
+
+
+def test_a_run_folder_of_another_recipe_is_not_resumed(small_cifar10, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.toml").write_text("description = 'something else'\n")
+    assert main([*quick_args(small_cifar10, run_dir)]) == 2
+    assert "started with a different recipe" in capsys.readouterr().err
+
+
+def test_bad_recipe_fails_before_any_data_is_loaded(tmp_path, capsys):
+    assert main(["train", "lenet5_cifar10", "--data-dir", "/nonexistent", "--set", "model.dropout=1.5", "--out", str(tmp_path / "r")]) == 2
+    assert "Received: dropout=1.5" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_kill_9_then_resume_continues_and_matches_an_uninterrupted_run(small_cifar10, tmp_path):
+    epochs = 4
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    run_zoo(quick_args(small_cifar10, reference, epochs=epochs))
+    proc = zoo_process(quick_args(small_cifar10, resumed, epochs=epochs))
+    metadata = resumed / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2):
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "results.json").exists()
+    out = run_zoo(quick_args(small_cifar10, resumed, epochs=epochs))
+    done = json.loads(metadata.read_text())["epoch"] if metadata.exists() else None
+    results = json.loads((resumed / "results.json").read_text())
+    start = results["resumed_from_epoch"]
+    assert len(start) == 1 and 2 <= start[0] < epochs and f"resuming from epoch {start[0]}" in out
+    assert epochs_logged(resumed) == list(range(epochs))
+    expected = json.loads((reference / "results.json").read_text())
+    assert results["epochs"] == expected["epochs"] == epochs
+    assert abs(results["test_accuracy"] - expected["test_accuracy"]) <= 0.03
+    assert done is None
+
+
+def test_two_seeded_runs_give_identical_weights(small_cifar10, tmp_path):
+    for name in ("a", "b"):
+        assert main([*quick_args(small_cifar10, tmp_path / name, epochs=1, limit=1000)]) == 0
+    for a, b in zip(weights_of(tmp_path / "a" / "model.keras"), weights_of(tmp_path / "b" / "model.keras")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(small_cifar10, tmp_path, monkeypatch, capsys):
+    import zoo.training
+
+    def exploding(recipe, steps_per_epoch):
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([steps_per_epoch + 2], [0.01, 1e30])
+        return keras.optimizers.SGD(learning_rate=schedule)
+
+    monkeypatch.setattr(zoo.training, "make_optimizer", exploding)
+    assert main([*quick_args(small_cifar10, tmp_path / "nan", epochs=4, limit=1000)]) == 0
+    assert "the loss became NaN" in capsys.readouterr().out
+    results = json.loads((tmp_path / "nan" / "results.json").read_text())
+    assert results["stopped"] == "nan_loss" and results["epochs"] == 1
+    assert all(np.isfinite(w).all() for w in weights_of(tmp_path / "nan" / "model.keras"))
+    assert results["test_accuracy"] > 0.1
+
+
+def test_mirrored_strategy_over_two_logical_cpus(small_cifar10, tmp_path):
+    code = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from zoo import distribute
+from zoo.cli import main
+scope, replicas = distribute.setup("mirrored")
+assert replicas == 2, replicas
+raise SystemExit(main({[*quick_args(small_cifar10, tmp_path / "mirrored", epochs=1, limit=1000), "--strategy", "mirrored"]!r}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=400,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "mirrored" / "results.json").read_text())["test_accuracy"] > 0.1
+
+
+def test_multi_worker_strategy_is_refused_clearly(small_cifar10, tmp_path, capsys):
+    args = [*quick_args(small_cifar10, tmp_path / "mw", epochs=1), "--strategy", "multi_worker"]
+    assert main(args) == 2
+    assert "keras-team/keras#20585" in capsys.readouterr().err
+    assert not (tmp_path / "mw").exists()
+
+
+def test_short_lenet5_run_under_jax_with_data_parallel(small_cifar10, tmp_path):
+    code = f"""
+import sys
+
+class NoTensorFlow:  # as on the GPU machines, which have JAX but no TensorFlow
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+
+sys.meta_path.insert(0, NoTensorFlow())
+from zoo.cli import main
+code = main({[*quick_args(small_cifar10, tmp_path / "jax", epochs=2), "--set", "data.batch_size=64", "--strategy", "mirrored"]!r})
+assert "tensorflow" not in sys.modules
+raise SystemExit(code)
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=400, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "jax" / "results.json").read_text())
+    assert results["versions"]["backend"] == "jax"
+    assert results["test_accuracy"] > 0.2
