@@ -9,6 +9,7 @@ import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
 
 import keras
 
@@ -37,7 +38,7 @@ class Throughput(keras.callbacks.Callback):
 def measure(name, split, batch_size, epochs, pipeline):
     keras.utils.set_random_seed(0)
     model = zoo.get_model(name)
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     meter = Throughput(len(split))
     if pipeline:
         data = Batches(split, batch_size, augmentation={"crop_padding": 4, "flip": True})

@@ -9,11 +9,12 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
 import keras
+
+from zoo.files import write_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
@@ -161,8 +162,13 @@ def _load_split(folder, class_names, image_size, channels):
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         images = np.stack(list(pool.map(lambda f: _decode(f, image_size, channels), files, chunksize=256)))
     split = Split(images, np.asarray(labels, "int32"))
-    _save_atomically(cached, images=split.images, labels=split.labels)
+    write_atomically(cached, lambda tmp: _save_npz(tmp, images=split.images, labels=split.labels))
     return split
+
+
+def _save_npz(path, **arrays):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _decode(path, image_size, channels):
@@ -173,18 +179,6 @@ def _decode(path, image_size, channels):
     except Exception as e:
         raise ValueError(f"Cannot decode image file {path}: {e}") from None
     return np.asarray(image, "uint8").reshape(*image_size, channels)
-
-
-def _save_atomically(path, **arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def augment(images, rng, *, crop_padding=4, flip=True, cutout=0):

@@ -50,7 +50,7 @@ SCHEMA = {
         "epochs": (int, 30),
         "label_smoothing": (float, 0.0),
         "seed": (int, 0),
-        "precision": (str, "float32"),
+        "precision": (str, "auto"),  # auto: mixed_bfloat16 on GPUs and bf16-capable CPUs, else float32
         "tta_flip": (bool, False),  # average the logits of each test image and its mirror
     },
     "expected": {
@@ -63,7 +63,7 @@ SCHEMA = {
 
 CHOICES = {
     ("schedule", "name"): ("warmup_cosine", "constant"),
-    ("training", "precision"): ("float32", "mixed_bfloat16", "mixed_float16"),
+    ("training", "precision"): ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
 }
 
 

@@ -1,0 +1,226 @@
+"""SavedModel and TFLite export: every variant verified against Keras, atomic folders, errors, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras
+import zoo
+from zoo import export
+from zoo.cli import main
+from zoo.export import ExportError
+
+
+def synthetic_images(n, seed, size=32):
+    """Ten easy classes (a colour per class, noise on top), so small models become confident fast."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    palette = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                        [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 0], [0, 0, 128]])
+    images = palette[labels][:, None, None, :] + rng.normal(0, 25, (n, size, size, 3))
+    return np.clip(images, 0, 255).astype("uint8"), labels.astype("int32")
+
+
+def trained(builder, epochs=3, images=1500):
+    keras.utils.set_random_seed(0)
+    model = builder()
+    x, y = synthetic_images(images, seed=0)
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return trained(lambda: zoo.lenet5(batch_norm=True))
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    return synthetic_images(200, seed=1)[0]
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return synthetic_images(300, seed=2)
+
+
+@pytest.fixture(scope="module")
+def lenet_export(lenet, calibration, held_out, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports") / "lenet5"
+    record = export.export_model(
+        lenet, out, calibration=calibration, verification=held_out[0], verification_labels=held_out[1],
+        class_names=[f"class{i}" for i in range(10)],
+    )
+    return out, record
+
+
+def test_every_variant_meets_its_bounds(lenet_export):
+    out, record = lenet_export
+    assert set(record["variants"]) == {"float32", "float16", "dynamic", "int8"}
+    on_disk = json.loads((out / "export.json").read_text())
+    assert on_disk == record
+    for variant, entry in record["variants"].items():
+        figures = entry["verification"]
+        assert figures["passed"] and figures["images"] == 300
+        assert entry["sha256"] == export.sha256(out / entry["file"])
+        assert entry["bytes"] == (out / entry["file"]).stat().st_size
+        assert figures["accuracy"] >= figures["keras_accuracy"] - 0.005
+    assert record["variants"]["float32"]["verification"]["max_abs_diff"] <= 1e-4
+    assert record["variants"]["int8"]["verification"]["agreement"] >= 0.99
+    sizes = {v: e["bytes"] for v, e in record["variants"].items()}
+    assert sizes["int8"] < sizes["float16"] < sizes["float32"]
+    assert (out / "labels.txt").read_text().splitlines() == [f"class{i}" for i in range(10)]
+
+
+def test_int8_takes_and_returns_uint8_and_records_its_quantization(lenet_export):
+    out, record = lenet_export
+    spec = record["variants"]["int8"]
+    assert spec["input"]["shape"] == [1, 32, 32, 3] and spec["input"]["dtype"] == "uint8"
+    assert spec["output"]["dtype"] == "uint8" and spec["input"]["quantization"]["scale"] > 0
+    interpreter = export.TFLiteModel(out / "model_int8.tflite").interpreter
+    detail = interpreter.get_input_details()[0]
+    assert (detail["dtype"], tuple(detail["quantization"])) == (np.uint8, (spec["input"]["quantization"]["scale"], spec["input"]["quantization"]["zero_point"]))
+    assert record["variants"]["float32"]["input"]["dtype"] == "float32"
+
+
+def test_tflite_files_use_builtin_ops_only(lenet_export):
+    out, record = lenet_export
+    for entry in record["variants"].values():
+        ops = {op["op_name"] for op in export.TFLiteModel(out / entry["file"]).interpreter._get_ops_details()}
+        assert ops and not any(name.startswith("Flex") for name in ops), ops
+
+
+def test_saved_model_signature_takes_uint8_images(lenet_export, lenet, held_out):
+    import tensorflow as tf
+
+    out, _ = lenet_export
+    serve = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"]
+    spec = serve.structured_input_signature[1]["image"]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 32, 32, 3]
+    result = serve(image=tf.constant(held_out[0][:8]))
+    np.testing.assert_allclose(result["probabilities"].numpy(), export.keras_predict(lenet, held_out[0][:8]), atol=1e-5)
+    np.testing.assert_allclose(result["logits"].numpy(), lenet.predict(held_out[0][:8], verbose=0), atol=1e-4)
+
+
+def test_a_vgg_bn_under_mixed_bfloat16_exports_every_variant(calibration, held_out, tmp_path):
+    trained_float32 = trained(lambda: zoo.vgg11_bn(fc_units=(64,)), epochs=2)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")  # as the CPU recipes train where the CPU has bf16
+    try:
+        model = zoo.vgg11_bn(fc_units=(64,))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    model.set_weights(trained_float32.get_weights())
+    assert model.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
+    record = export.export_model(
+        model, tmp_path / "vgg", calibration=calibration, verification=held_out[0], verification_labels=held_out[1],
+    )
+    assert set(record["variants"]) == set(export.VARIANTS)
+    assert all(entry["verification"]["passed"] for entry in record["variants"].values())
+    float32 = export.float32_model(model)
+    assert {layer.dtype_policy.name for layer in float32.layers} == {"float32"}
+    reloaded = keras.saving.load_model(tmp_path / "vgg" / "model.keras")
+    assert reloaded.get_layer("block1_conv1").dtype_policy.name == "float32"
+
+
+def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, calibration, held_out, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier export")
+    with pytest.raises(FileExistsError, match="Use --overwrite"):
+        export.export_model(lenet, out, quantize=["float32"], verification=held_out[0])
+
+    real = export.to_tflite
+
+    def crash_on_int8(model, path, **kwargs):
+        if kwargs.get("quantize") == "int8":
+            raise RuntimeError("simulated crash mid-export")
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(export, "to_tflite", crash_on_int8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export.export_model(lenet, out, calibration=calibration, verification=held_out[0], overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    monkeypatch.undo()
+    export.export_model(lenet, out, quantize=["float32"], verification=held_out[0], overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model_float32.tflite").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_variant_that_misses_its_bound_fails_loudly(lenet, held_out, tmp_path, monkeypatch):
+    monkeypatch.setitem(export.BOUNDS, "float16", {"agreement": 1.01})
+    with pytest.raises(ExportError, match=r"float16: top-1 agreement 1.0000 < 1.01. Nothing was written"):
+        export.export_model(lenet, tmp_path / "out", quantize=["float16"], verification=held_out[0])
+    assert not (tmp_path / "out").exists()
+
+
+def test_int8_needs_calibration_images_of_the_model_shape(lenet, held_out, tmp_path):
+    with pytest.raises(ExportError, match="int8 quantization needs calibration data"):
+        export.export_model(lenet, tmp_path / "a", quantize=["int8"], verification=held_out[0])
+    with pytest.raises(ExportError, match=r"shape \[N, 32, 32, 3\].*Received: shape=\(5, 28, 28, 3\)"):
+        export.to_tflite(lenet, tmp_path / "b.tflite", quantize="int8", representative_data=np.zeros((5, 28, 28, 3)))
+    with pytest.raises(ExportError, match=r"Received: quantize='int4'"):
+        export.to_tflite(lenet, tmp_path / "c.tflite", quantize="int4")
+    assert not list(tmp_path.iterdir())
+
+
+def test_non_builtin_ops_are_a_clear_error(tmp_path):
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(4)(keras.layers.Flatten()(keras.ops.fft2((inputs, inputs))[0]))
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(ExportError, match="outside the TFLite built-ins"):
+        export.to_tflite(model, tmp_path / "fft.tflite")
+
+
+def save_png(path, image):
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+def test_predict_cli_reads_any_format_and_prints_top_k(lenet_export, held_out, tmp_path, capsys):
+    out, _ = lenet_export
+    files = [save_png(tmp_path / "a.png", held_out[0][0]), str(tmp_path / "b.jpg")]
+    Image.fromarray(held_out[0][1]).resize((64, 48)).save(files[1])
+    for model_path in (out / "model_int8.tflite", out / "saved_model", out / "model.keras"):
+        assert main(["predict", str(model_path), *files, "--top", "3", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert [len(r["top"]) for r in report] == [3, 3]
+        assert report[0]["top"][0]["class"] == f"class{held_out[1][0]}"
+    assert main(["predict", str(out / "model_float32.tflite"), files[0], "--top", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "1. class" in text and "2. class" in text
+
+
+def test_predict_cli_names_an_unreadable_image(lenet_export, tmp_path, capsys):
+    out, _ = lenet_export
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    assert main(["predict", str(out / "model_int8.tflite"), str(broken)]) == 2
+    assert f"Cannot read image {broken}" in capsys.readouterr().err
+
+
+def test_bench_cli_times_every_variant_and_keras(lenet_export, capsys):
+    out, _ = lenet_export
+    assert main(["bench", str(out), "--runs", "100", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["variant"] for r in result["results"]] == ["keras", "float32", "float16", "dynamic", "int8"]
+    assert all(r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"] for r in result["results"])
+    assert result["num_threads"] == 1 and result["runs"] == 100
+
+
+def test_export_cli_with_real_calibration_data(small_cifar10, lenet, tmp_path, capsys):
+    model_path = tmp_path / "lenet.keras"
+    lenet.save(model_path)
+    out = tmp_path / "export"
+    code = main(["export", str(model_path), "--out", str(out), "--quantize", "float32,dynamic",
+                 "--calibration-data", str(small_cifar10), "--verify-images", "100"])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "export.json").read_text())
+    assert record["variants"]["float32"]["verification"]["images"] == 100
+    assert (out / "labels.txt").read_text().splitlines()[3] == "cat"
+    assert main(["export", str(model_path), "--out", str(out)]) == 2
+    assert "exists. Use --overwrite" in capsys.readouterr().err

@@ -1,0 +1,418 @@
+"""Keras model -> TF SavedModel and TFLite (float32, float16, dynamic-range, int8), each verified.
+
+    from zoo import export
+    export.to_saved_model(model, "out/saved_model")                  # serving signature: uint8 images
+    export.to_tflite(model, "out/model_int8.tflite", quantize="int8", representative_data=images)
+    export.export_model(model, "out", quantize=export.VARIANTS, calibration=train, verification=test,
+                        class_names=names)                           # all of it, verified, atomically
+
+Every TFLite file takes a batch of one image [1, H, W, C] of raw 0-255 RGB values (float32 for the
+float variants, uint8 for int8) and returns class probabilities. Needs TensorFlow.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+import keras
+
+from zoo.evaluation import outputs_probabilities
+
+VARIANTS = ("float32", "float16", "dynamic", "int8")
+# What every export must prove against the Keras model (top-1 agreement, |probability| difference).
+BOUNDS = {
+    "float32": {"max_abs_diff": 1e-4},
+    "float16": {"agreement": 0.995},
+    "dynamic": {"agreement": 0.995},
+    "int8": {"agreement": 0.99, "accuracy_drop": 0.005},
+}
+
+
+class ExportError(ValueError):
+    """An export that cannot be made or that failed verification."""
+
+
+def float32_model(model):
+    """`model` with every layer computing in float32 (a copy if it was built under mixed precision).
+
+    TFLite cannot convert bfloat16 ops, so a model trained under `mixed_bfloat16` is rebuilt from
+    its config with float32 dtype policies and its weights copied over.
+    """
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    config = model.get_config()
+    for layer in config["layers"]:
+        layer["config"]["dtype"] = "float32"
+    rebuilt = model.__class__.from_config(config)
+    rebuilt.set_weights([np.asarray(w, "float32") for w in model.get_weights()])
+    return rebuilt
+
+
+def keras_predict(model, images, batch_size=256):
+    """Class probabilities of a Keras model (softmax applied to logits) for raw 0-255 images."""
+    outputs = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), "float64")
+    if outputs_probabilities(model):
+        return outputs
+    exp = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _probabilities(model, images):
+    import tensorflow as tf
+
+    outputs = model(images, training=False)
+    if outputs_probabilities(model):
+        return outputs, None
+    return tf.nn.softmax(outputs), outputs
+
+
+def to_saved_model(model, path):
+    """Export a SavedModel whose `serving_default` takes `image`: uint8 [batch, H, W, C] (0-255 RGB)
+    and returns `probabilities` (and `logits` for models that output logits)."""
+    import tensorflow as tf
+
+    model = float32_model(model)
+    height, width, channels = model.input.shape[1:]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(image):
+        probabilities, logits = _probabilities(model, tf.cast(image, tf.float32))
+        return {"probabilities": probabilities} if logits is None else {"probabilities": probabilities, "logits": logits}
+
+    archive.add_endpoint(
+        "serving_default", serve, input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="image")]
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def _tflite_saved_model(model, path):
+    """A batch-1 SavedModel with float32 0-255 input and probabilities out, for the TFLite converter."""
+    import tensorflow as tf
+
+    height, width, channels = model.input.shape[1:]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default",
+        lambda image: {"probabilities": _probabilities(model, image)[0]},
+        input_signature=[tf.TensorSpec([1, height, width, channels], tf.float32, name="image")],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def to_tflite(model, path, *, quantize="float32", representative_data=None, _saved_model=None):
+    """Convert `model` to a TFLite file with built-in ops only; returns the file's bytes.
+
+    quantize: "float32", "float16" (weights), "dynamic" (int8 weights, float activations) or "int8"
+        (full integer, uint8 input and output, calibrated on `representative_data`: a few hundred
+        raw 0-255 images [N, H, W, C] like the training images).
+    """
+    import tensorflow as tf
+
+    if quantize not in VARIANTS:
+        raise ExportError(f"Unknown quantization. Valid: {', '.join(VARIANTS)}. Received: quantize={quantize!r}")
+    model = float32_model(model)
+    if quantize == "int8":
+        _check_calibration(model, representative_data)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model = _saved_model or os.path.join(tmp, "saved_model")
+        if _saved_model is None:
+            _tflite_saved_model(model, saved_model)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize != "float32":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if quantize == "float16":
+            converter.target_spec.supported_types = [tf.float16]
+        if quantize == "int8":
+            images = np.asarray(representative_data, "float32")
+            converter.representative_dataset = lambda: ([image[None]] for image in images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        try:
+            content = converter.convert()
+        except Exception as e:  # the converter raises its own ConverterError
+            raise ExportError(
+                f"TFLite conversion ({quantize}) failed; the model may use ops outside the TFLite built-ins: {e}"
+            ) from None
+    pathlib.Path(path).write_bytes(content)
+    return content
+
+
+def _check_calibration(model, images):
+    expected = tuple(model.input.shape[1:])
+    if images is None or len(images) == 0:
+        raise ExportError("int8 quantization needs calibration data: a few hundred training images (--calibration-data).")
+    if tuple(np.shape(images)[1:]) != expected:
+        raise ExportError(
+            f"Calibration images must have shape [N, {', '.join(map(str, expected))}] like the model input. "
+            f"Received: shape={tuple(np.shape(images))}"
+        )
+
+
+class TFLiteModel:
+    """A `.tflite` file run by ai_edge_litert: `predict(images)` -> float probabilities, one image at a time."""
+
+    def __init__(self, path, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = pathlib.Path(path)
+        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self.input["shape"][1:])
+
+    def invoke(self, image):
+        """Run one raw 0-255 image [H, W, C]; returns the probabilities as stored (uint8 for int8)."""
+        self.interpreter.set_tensor(self.input["index"], np.asarray(image, self.input["dtype"])[None])
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"])[0]
+
+    def predict(self, images):
+        scale, zero_point = self.output["quantization"]
+        outputs = np.stack([self.invoke(image) for image in images]).astype("float64")
+        return (outputs - zero_point) * scale if scale else outputs
+
+    def spec(self):
+        """Input and output tensors as an app needs them: shape, dtype, value range, quantization."""
+
+        def describe(detail, value_range):
+            scale, zero_point = detail["quantization"]
+            return {
+                "name": detail["name"],
+                "shape": [int(d) for d in detail["shape"]],
+                "dtype": np.dtype(detail["dtype"]).name,
+                "value_range": value_range,
+                "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
+            }
+
+        return {"input": describe(self.input, [0, 255]), "output": describe(self.output, [0, 1])}
+
+
+def verify(variant, keras_probabilities, tflite_probabilities, labels=None):
+    """Agreement figures of one variant and whether they meet `BOUNDS[variant]`."""
+    agreement = float((keras_probabilities.argmax(1) == tflite_probabilities.argmax(1)).mean())
+    figures = {
+        "images": int(len(keras_probabilities)),
+        "agreement": agreement,
+        "max_abs_diff": float(np.abs(keras_probabilities - tflite_probabilities).max()),
+    }
+    if labels is not None:
+        figures["keras_accuracy"] = float((keras_probabilities.argmax(1) == labels).mean())
+        figures["accuracy"] = float((tflite_probabilities.argmax(1) == labels).mean())
+    failures = []
+    bounds = BOUNDS[variant]
+    if "max_abs_diff" in bounds and figures["max_abs_diff"] > bounds["max_abs_diff"]:
+        failures.append(f"max |diff| {figures['max_abs_diff']:.2e} > {bounds['max_abs_diff']:.0e}")
+    if "agreement" in bounds and agreement < bounds["agreement"]:
+        failures.append(f"top-1 agreement {agreement:.4f} < {bounds['agreement']}")
+    if "accuracy_drop" in bounds and labels is not None:
+        drop = figures["keras_accuracy"] - figures["accuracy"]
+        if drop > bounds["accuracy_drop"]:
+            failures.append(f"accuracy drop {drop * 100:.2f} points > {bounds['accuracy_drop'] * 100:.1f}")
+    figures["bounds"] = bounds
+    figures["passed"] = not failures
+    return figures, failures
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_model(
+    model,
+    out,
+    *,
+    formats=("saved_model", "tflite"),
+    quantize=VARIANTS,
+    calibration=None,
+    verification=None,
+    verification_labels=None,
+    class_names=None,
+    overwrite=False,
+    verify_outputs=True,
+):
+    """Export `model` into the folder `out` and verify every TFLite variant against Keras.
+
+    calibration: raw training images for int8. verification: held-out raw images (with
+    `verification_labels` to measure accuracy). Everything is written to a temporary folder and
+    moved into place only once every variant met its bounds; an existing `out` is replaced only
+    with `overwrite`, and a failure leaves it as it was. Returns the `export.json` record.
+    """
+    out = pathlib.Path(out)
+    unknown = sorted(set(quantize) - set(VARIANTS))
+    if unknown:
+        raise ExportError(f"Unknown quantization. Valid: {', '.join(VARIANTS)}. Received: quantize={','.join(unknown)}")
+    bad_formats = sorted(set(formats) - {"saved_model", "tflite"})
+    if bad_formats:
+        raise ExportError(f"Unknown format. Valid: saved_model, tflite. Received: formats={','.join(bad_formats)}")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"Output folder {out} exists. Use --overwrite to replace it (it is kept if the export fails).")
+    model = float32_model(model)
+    if "tflite" in formats and "int8" in quantize:
+        _check_calibration(model, calibration)
+    if verify_outputs and "tflite" in formats and (verification is None or len(verification) == 0):
+        raise ExportError("Verification needs held-out images (--calibration-data gives its test split), or pass --no-verify.")
+    num_classes = model.output.shape[-1]
+    class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        record = _export_into(
+            model, staging, formats, quantize, calibration, verification, verification_labels, class_names, verify_outputs
+        )
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _export_into(model, folder, formats, quantize, calibration, verification, labels, class_names, verify_outputs):
+    record = {"model": model.name, "params": model.count_params(), "labels": "labels.txt", "variants": {}}
+    (folder / "labels.txt").write_text("\n".join(class_names) + "\n")
+    model.save(folder / "model.keras")
+    record["keras"] = {"file": "model.keras", "bytes": (folder / "model.keras").stat().st_size, "sha256": sha256(folder / "model.keras")}
+    if "saved_model" in formats:
+        to_saved_model(model, folder / "saved_model")
+        record["saved_model"] = {"path": "saved_model", "signature": "serving_default", "input": "image: uint8 [batch, H, W, C], 0-255 RGB", "outputs": ["probabilities", "logits"]}
+    if "tflite" not in formats:
+        _write_record(folder, record)
+        return record
+    keras_probabilities = keras_predict(model, verification) if verify_outputs else None
+    failures = []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model = os.path.join(tmp, "tflite_saved_model")
+        _tflite_saved_model(model, saved_model)
+        for variant in quantize:
+            path = folder / f"model_{variant}.tflite"
+            to_tflite(model, path, quantize=variant, representative_data=calibration, _saved_model=saved_model)
+            tflite = TFLiteModel(path)
+            entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), **tflite.spec()}
+            if verify_outputs:
+                figures, problems = verify(variant, keras_probabilities, tflite.predict(verification), labels)
+                entry["verification"] = figures
+                failures += [f"{variant}: {p}" for p in problems]
+            record["variants"][variant] = entry
+    _write_record(folder, record)
+    if failures:
+        raise ExportError("Export failed verification against the Keras model: " + "; ".join(failures) + ". Nothing was written.")
+    return record
+
+
+def _write_record(folder, record):
+    (folder / "export.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _move_into_place(staging, out):
+    """Replace `out` by `staging`, keeping the old folder until the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}-previous")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+class SavedModelClassifier:
+    """A SavedModel written by `to_saved_model`, called through its uint8 `serving_default` signature."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self.input_shape = tuple(self.serve.structured_input_signature[1]["image"].shape[1:])
+
+    def predict(self, images):
+        return self.serve(image=np.asarray(images, "uint8"))["probabilities"].numpy().astype("float64")
+
+
+class KerasClassifier:
+    def __init__(self, path):
+        self.model = keras.saving.load_model(path, compile=False)
+        self.input_shape = tuple(self.model.input.shape[1:])
+
+    def predict(self, images):
+        return keras_predict(self.model, np.asarray(images, "float32"))
+
+
+def load_classifier(path, num_threads=None):
+    """A `.tflite` file, a SavedModel folder or a `.keras` file, with `input_shape` and `predict(images)`."""
+    path = pathlib.Path(path)
+    if path.suffix == ".tflite" and path.is_file():
+        return TFLiteModel(path, num_threads=num_threads)
+    if path.suffix == ".keras" and path.is_file():
+        return KerasClassifier(path)
+    if (path / "saved_model.pb").is_file():
+        return SavedModelClassifier(path)
+    raise ExportError(f"Not a .tflite file, .keras file or SavedModel folder: {path}")
+
+
+def find_labels(model_path):
+    """Class names from the labels.txt beside a model (or beside its SavedModel folder), if any."""
+    path = pathlib.Path(model_path)
+    for folder in (path.parent, path.parent.parent) if path.is_file() else (path.parent, path):
+        if (folder / "labels.txt").is_file():
+            return (folder / "labels.txt").read_text().split("\n")[:-1]
+    return None
+
+
+def load_images(paths, input_shape):
+    """Decode image files of any common format, resized to `input_shape` [H, W, C], as uint8."""
+    height, width, channels = input_shape
+    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[channels]
+    images = []
+    for path in paths:
+        try:
+            image = keras.utils.load_img(path, color_mode=mode, target_size=(height, width))
+        except Exception as e:
+            raise ExportError(f"Cannot read image {path}: {e}") from None
+        images.append(np.asarray(image, "uint8").reshape(height, width, channels))
+    return np.stack(images)
+
+
+def benchmark(folder, images, *, num_threads=1, runs=100, warmup=10):
+    """Per TFLite variant in an export folder (and the Keras model there): size and single-image latency."""
+    import time
+
+    folder = pathlib.Path(folder)
+    record = json.loads((folder / "export.json").read_text())
+
+    def timed(call):
+        for i in range(warmup):
+            call(images[i % len(images)])
+        latencies = []
+        for i in range(runs):
+            start = time.perf_counter()
+            call(images[i % len(images)])
+            latencies.append(time.perf_counter() - start)
+        ms = np.asarray(latencies) * 1000
+        return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "images_per_second": float(1000 / ms.mean())}
+
+    rows = []
+    if (folder / "model.keras").is_file():
+        model = keras.saving.load_model(folder / "model.keras", compile=False)
+        rows.append({"variant": "keras", "file": "model.keras", "bytes": (folder / "model.keras").stat().st_size,
+                     **timed(lambda image: model(np.asarray(image, "float32")[None], training=False))})
+    for variant, entry in record["variants"].items():
+        tflite = TFLiteModel(folder / entry["file"], num_threads=num_threads)
+        rows.append({"variant": variant, "file": entry["file"], "bytes": entry["bytes"], **timed(tflite.invoke)})
+    return {"model": record["model"], "num_threads": num_threads, "runs": runs, "results": rows}

@@ -1,0 +1,24 @@
+"""Writing files so that a crash or `kill -9` never leaves a half-written one in place."""
+
+import os
+import pathlib
+import tempfile
+
+
+def write_atomically(path, write):
+    """Call `write(tmp_path)` on a temporary file beside `path`, then move it onto `path` in one step."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomically(path, text):
+    write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(text))
