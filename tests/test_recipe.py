@@ -45,7 +45,7 @@ def test_an_int_is_accepted_where_a_float_is_expected():
         ("optimiser.learning_rate=0.1", r"unknown recipe key 'optimiser'"),
         ("data.batch_size=big", r"data.batch_size must be of type int. Received: data.batch_size='big'"),
         ("data.batch_size=true", r"data.batch_size must be of type int"),
-        ("training.precision=float16", r"training.precision must be one of float32, mixed_bfloat16, mixed_float16"),
+        ("training.precision=float16", r"training.precision must be one of auto, float32, mixed_bfloat16, mixed_float16"),
         ("schedule.name=step", r"schedule.name must be one of warmup_cosine, constant. Received: schedule.name='step'"),
         ("learning_rate", r"must look like section.key=value. Received: 'learning_rate'"),
     ],

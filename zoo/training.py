@@ -113,6 +113,16 @@ class BestCheckpoint(keras.callbacks.Callback):
             write_atomically(self.path, self.model.save)
 
 
+class StopOnNaN(keras.callbacks.Callback):
+    """Stop training at the first non-finite batch loss, and remember that it did."""
+
+    stopped = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.stopped = self.model.stop_training = True
+
+
 class RunState(keras.callbacks.Callback):
     """Keeps `state.json`: training seconds so far and the epochs the run resumed from."""
 
@@ -129,7 +139,8 @@ class RunState(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         seconds = time.perf_counter() - self.started
         self.state["train_seconds"] += seconds
-        self.state["epoch"] = epoch + 1
+        if math.isfinite(logs.get("loss", 0.0)):  # an epoch cut short by a NaN loss does not count
+            self.state["epoch"] = epoch + 1
         write_text_atomically(self.path, json.dumps(self.state))
         per_epoch = self.state["train_seconds"] / (epoch + 1)
         print(
@@ -216,7 +227,7 @@ def _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose):
     callbacks = [
         BestCheckpoint(run_dir / "model.keras", best=_best_val_accuracy(run_dir / "history.csv")),
         keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
-        keras.callbacks.TerminateOnNaN(),
+        nan_guard := StopOnNaN(),
         RunState(run_dir / STATE, initial_epoch, epochs),
     ]
     if keras.backend.backend() == "tensorflow":
@@ -225,22 +236,21 @@ def _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose):
     callbacks.append(keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True))
     if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
         verbose = 1 if sys.stdout.isatty() else 0
-    history = model.fit(
+    model.fit(
         batches,
         validation_data=(dataset.val.images, one_hot(dataset.val.labels, num_classes)),
         epochs=epochs,
         callbacks=callbacks,
         verbose=verbose,
     )
-    return finish(run_dir, recipe, dataset, history)
+    return finish(run_dir, recipe, dataset, stopped_by_nan=nan_guard.stopped)
 
 
-def finish(run_dir, recipe, dataset, history):
+def finish(run_dir, recipe, dataset, stopped_by_nan=False):
     """Evaluate the best checkpoint on the test split once; write `results.json` and the plots."""
     from zoo import plots
 
-    losses = history.history.get("loss", [])
-    stopped = "nan_loss" if any(not math.isfinite(v) for v in losses) else None
+    stopped = "nan_loss" if stopped_by_nan else None
     if stopped:
         print(f"training stopped: the loss became NaN; keeping the last good checkpoint {run_dir / 'model.keras'}", flush=True)
     if not (run_dir / "model.keras").exists():
@@ -248,7 +258,7 @@ def finish(run_dir, recipe, dataset, history):
     model = keras.saving.load_model(run_dir / "model.keras")
     test = evaluate(model, dataset.test, dataset.class_names, tta_flip=recipe["training"]["tta_flip"])
     state = json.loads((run_dir / STATE).read_text())
-    epochs_done = state.get("epoch", 0) - (1 if stopped else 0)  # the NaN epoch did not complete
+    epochs_done = state.get("epoch", 0)
     images = epochs_done * len(dataset.train)
     results = {
         "model": recipe["model"]["name"],
