@@ -1,4 +1,4 @@
-"""The `zoo` command: argument parsing only; the work happens in the modules it calls."""
+"""The `zoo` command: argument parsing and printing; the work happens in the modules it calls."""
 
 import argparse
 import contextlib
@@ -19,7 +19,12 @@ _STARTUP_NOISE = (
     "Unable to register cu",
     "computation_placer.cc",
     "oneDNN custom operations are on",
+    # The TFLite converter and interpreter (export, predict, bench).
+    "Created TensorFlow Lite XNNPACK delegate",
+    "fully_quantize: ",
+    "Estimated count of arithmetic ops",
 )
+_QUIET_COMMANDS = {"export", "predict", "bench"}  # short commands: their stderr is replayed when they end
 
 
 @contextlib.contextmanager
@@ -298,8 +303,10 @@ def main(argv=None):
     if getattr(args, "include", None) == []:
         args.include = None
     _import_keras_quietly()
+    quiet = _startup_noise_filtered if args.command in _QUIET_COMMANDS else contextlib.nullcontext
     try:
-        args.func(args)
+        with quiet():
+            args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
