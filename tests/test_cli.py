@@ -36,3 +36,9 @@ def test_command_line_output_is_free_of_tensorflow_startup_noise():
     assert result.returncode == 0
     assert result.stdout.splitlines()[2].startswith("lenet5")
     assert result.stderr == ""
+
+
+def test_python_m_recipes_is_zoo_train():
+    result = subprocess.run([sys.executable, "-m", "recipes", "vgg99_cifar10"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "zoo train: error: Unknown recipe 'vgg99_cifar10'" in result.stderr

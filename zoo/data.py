@@ -189,21 +189,27 @@ def augment(images, rng, *, crop_padding=4, flip=True, cutout=0):
     cutout: side of a square zeroed at a random centre (DeVries & Taylor 2017; 0: off).
     """
     n, h, w, _ = images.shape
-    out = images.copy()
+    out = images
     if crop_padding:
-        # Rows, then columns: one vectorised copy per offset value instead of a per-pixel gather.
-        p = crop_padding
-        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-        rows_cropped = np.empty((n, h, w + 2 * p, images.shape[3]), images.dtype)
-        offsets = rng.integers(0, 2 * p + 1, size=(2, n))
-        for offset in range(2 * p + 1):
-            chosen = offsets[0] == offset
-            rows_cropped[chosen] = padded[chosen, offset : offset + h]
-        for offset in range(2 * p + 1):
-            chosen = offsets[1] == offset
-            out[chosen] = rows_cropped[chosen, :, offset : offset + w]
+        # A crop of the zero-padded image is the image shifted by (dy, dx) in [-p, p] with zero fill.
+        # Shift rows, then columns, with one vectorised copy per offset value (no padded copy).
+        p = min(crop_padding, h - 1, w - 1)
+        offsets = rng.integers(-p, p + 1, size=(2, n))
+        for axis in (1, 2):
+            shifted = np.zeros_like(out)
+            size = out.shape[axis]
+            for offset in range(-p, p + 1):
+                chosen = np.flatnonzero(offsets[axis - 1] == offset)
+                if chosen.size:
+                    target = [chosen, slice(None), slice(None)]
+                    source = [chosen, slice(None), slice(None)]
+                    target[axis] = slice(max(0, -offset), size - max(0, offset))
+                    source[axis] = slice(max(0, offset), size + min(0, offset))
+                    shifted[tuple(target)] = out[tuple(source)]
+            out = shifted
     if flip:
-        flipped = rng.random(n) < 0.5
+        flipped = np.flatnonzero(rng.random(n) < 0.5)
+        out = out.copy() if out is images else out
         out[flipped] = out[flipped, :, ::-1]
     if cutout:
         top = rng.integers(-(cutout // 2), h - cutout // 2, size=(n, 1, 1))
