@@ -156,6 +156,9 @@ def test_a_variant_that_misses_its_bound_fails_loudly(lenet, held_out, tmp_path,
     with pytest.raises(ExportError, match=r"float16: top-1 agreement 1.0000 < 1.01. Nothing was written"):
         export.export_model(lenet, tmp_path / "out", quantize=["float16"], verification=held_out[0])
     assert not (tmp_path / "out").exists()
+    record = export.export_model(lenet, tmp_path / "out", quantize=["float16"], verification=held_out[0], enforce_bounds=False)
+    assert record["variants"]["float16"]["verification"]["passed"] is False
+    assert json.loads((tmp_path / "out" / "export.json").read_text()) == record
 
 
 def test_int8_needs_calibration_images_of_the_model_shape(lenet, held_out, tmp_path):

@@ -20,6 +20,7 @@ import zoo
         ({"pooling": "avg"}, r"only with `include_top=False`\. Received: pooling='avg'"),
         ({"include_top": False, "fc_units": (256,)}, r"no effect with `include_top=False`\. Received: fc_units=\(256,\)"),
         ({"fc_units": (256, 0)}, r"positive ints\. Received: fc_units=\(256, 0\)"),
+        ({"fc_units": 512}, r"sequence of positive ints\. Received: fc_units=512"),
         ({"classifier_activation": "sigmoid"}, r"Received: classifier_activation='sigmoid'"),
         ({"weights": "missing.weights.h5"}, r"path to an existing weights file\. Received: weights='missing\.weights\.h5'"),
         ({"weights": "imagenet"}, r"Received: weights='imagenet'"),

@@ -245,14 +245,15 @@ def export_model(
     verification_labels=None,
     class_names=None,
     overwrite=False,
-    verify_outputs=True,
+    enforce_bounds=True,
 ):
     """Export `model` into the folder `out` and verify every TFLite variant against Keras.
 
     calibration: raw training images for int8. verification: held-out raw images (with
-    `verification_labels` to measure accuracy). Everything is written to a temporary folder and
-    moved into place only once every variant met its bounds; an existing `out` is replaced only
-    with `overwrite`, and a failure leaves it as it was. Returns the `export.json` record.
+    `verification_labels` to measure accuracy); their figures go to `export.json`. Everything is
+    written to a temporary folder and moved into place only once every variant met its bounds (or
+    regardless, with `enforce_bounds=False`); an existing `out` is replaced only with `overwrite`,
+    and a failure leaves it as it was. Returns the `export.json` record.
     """
     out = pathlib.Path(out)
     unknown = sorted(set(quantize) - set(VARIANTS))
@@ -266,7 +267,7 @@ def export_model(
     model = float32_model(model)
     if "tflite" in formats and "int8" in quantize:
         _check_calibration(model, calibration)
-    if verify_outputs and "tflite" in formats and (verification is None or len(verification) == 0):
+    if enforce_bounds and "tflite" in formats and (verification is None or len(verification) == 0):
         raise ExportError("Verification needs held-out images (--calibration-data gives its test split), or pass --no-verify.")
     num_classes = model.output.shape[-1]
     class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -275,7 +276,7 @@ def export_model(
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         record = _export_into(
-            model, staging, formats, quantize, calibration, verification, verification_labels, class_names, verify_outputs
+            model, staging, formats, quantize, calibration, verification, verification_labels, class_names, enforce_bounds
         )
         _move_into_place(staging, out)
     except BaseException:
@@ -284,7 +285,7 @@ def export_model(
     return record
 
 
-def _export_into(model, folder, formats, quantize, calibration, verification, labels, class_names, verify_outputs):
+def _export_into(model, folder, formats, quantize, calibration, verification, labels, class_names, enforce_bounds):
     record = {"model": model.name, "params": model.count_params(), "labels": "labels.txt", "variants": {}}
     (folder / "labels.txt").write_text("\n".join(class_names) + "\n")
     model.save(folder / "model.keras")
@@ -295,7 +296,8 @@ def _export_into(model, folder, formats, quantize, calibration, verification, la
     if "tflite" not in formats:
         _write_record(folder, record)
         return record
-    keras_probabilities = keras_predict(model, verification) if verify_outputs else None
+    measure = verification is not None and len(verification) > 0
+    keras_probabilities = keras_predict(model, verification) if measure else None
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         saved_model = os.path.join(tmp, "tflite_saved_model")
@@ -305,13 +307,13 @@ def _export_into(model, folder, formats, quantize, calibration, verification, la
             to_tflite(model, path, quantize=variant, representative_data=calibration, _saved_model=saved_model)
             tflite = TFLiteModel(path)
             entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), **tflite.spec()}
-            if verify_outputs:
+            if measure:
                 figures, problems = verify(variant, keras_probabilities, tflite.predict(verification), labels)
                 entry["verification"] = figures
                 failures += [f"{variant}: {p}" for p in problems]
             record["variants"][variant] = entry
     _write_record(folder, record)
-    if failures:
+    if failures and enforce_bounds:
         raise ExportError("Export failed verification against the Keras model: " + "; ".join(failures) + ". Nothing was written.")
     return record
 

@@ -119,10 +119,10 @@ def _validate(arch, options):
         fail("`pooling` applies only with `include_top=False`.", "pooling")
     fc_units = options["fc_units"]
     if fc_units is not None:
+        if not isinstance(fc_units, (tuple, list)) or not all(isinstance(u, int) and u > 0 for u in fc_units):
+            fail("`fc_units` must be a sequence of positive ints.", "fc_units")
         if not options["include_top"] and len(fc_units):
             fail("`fc_units` has no effect with `include_top=False`.", "fc_units")
-        if not all(isinstance(u, int) and u > 0 for u in fc_units):
-            fail("`fc_units` must be a sequence of positive ints.", "fc_units")
     if options["classifier_activation"] not in (None, "softmax"):
         fail("`classifier_activation` must be None (logits) or 'softmax'.", "classifier_activation")
     weights = options["weights"]
