@@ -45,3 +45,13 @@ def test_register_model_refuses_a_taken_name():
 def test_builders_are_keyword_only():
     with pytest.raises(TypeError):
         zoo.vgg16((32, 32, 3))
+
+
+def test_readme_model_table_matches_the_registry():
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in ALL:
+        info = zoo.model_info(name)
+        assert f"{info.params:,}" in readme, name
+        assert f"{info.macs / 1e6:.2f}M" in readme, name
