@@ -101,7 +101,7 @@ def test_saved_model_signature_takes_uint8_images(lenet_export, lenet, held_out)
     spec = serve.structured_input_signature[1]["image"]
     assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 32, 32, 3]
     result = serve(image=tf.constant(held_out[0][:8]))
-    np.testing.assert_allclose(result["probabilities"].numpy(), export.keras_predict(lenet, held_out[0][:8]), atol=1e-5)
+    np.testing.assert_allclose(result["probabilities"].numpy(), export.probabilities(lenet, held_out[0][:8]), atol=1e-5)
     np.testing.assert_allclose(result["logits"].numpy(), lenet.predict(held_out[0][:8], verbose=0), atol=1e-4)
 
 
@@ -133,14 +133,14 @@ def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, ca
     with pytest.raises(FileExistsError, match="Use --overwrite"):
         export.export_model(lenet, out, quantize=["float32"], verification=held_out[0])
 
-    real = export.to_tflite
+    real = export._convert
 
-    def crash_on_int8(model, path, **kwargs):
-        if kwargs.get("quantize") == "int8":
+    def crash_on_int8(saved_model, path, quantize, representative_data):
+        if quantize == "int8":
             raise RuntimeError("simulated crash mid-export")
-        return real(model, path, **kwargs)
+        return real(saved_model, path, quantize, representative_data)
 
-    monkeypatch.setattr(export, "to_tflite", crash_on_int8)
+    monkeypatch.setattr(export, "_convert", crash_on_int8)
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_model(lenet, out, calibration=calibration, verification=held_out[0], overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -14,24 +14,27 @@ def outputs_probabilities(model):
     return model.layers[-1].get_config().get("activation") == "softmax"
 
 
-def predict(model, images, *, tta_flip=False, batch_size=256):
-    """Model outputs for uint8 images; with `tta_flip`, averaged with those of the mirrored images."""
-    outputs = model.predict(images, batch_size=batch_size, verbose=0)
-    if tta_flip:
-        outputs = (outputs + model.predict(images[:, :, ::-1], batch_size=batch_size, verbose=0)) / 2
-    return np.asarray(outputs, "float64")
+def probabilities(model, images, *, tta_flip=False, batch_size=256):
+    """Class probabilities (float64) for raw 0-255 images, whether the model ends in logits or a
+    softmax; with `tta_flip`, averaged with those of the mirrored images."""
+
+    def run(batch):
+        outputs = np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), "float64")
+        if outputs_probabilities(model):
+            return outputs
+        exp = np.exp(outputs - outputs.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+
+    result = run(images)
+    return (result + run(images[:, :, ::-1])) / 2 if tta_flip else result
 
 
 def evaluate(model, split, class_names, *, tta_flip=False, batch_size=256):
     """Accuracy, cross-entropy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
-    outputs = predict(model, split.images, tta_flip=tta_flip, batch_size=batch_size)
-    if outputs_probabilities(model):
-        log_probs = np.log(np.clip(outputs, 1e-12, 1.0))
-    else:
-        shifted = outputs - outputs.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    probs = probabilities(model, split.images, tta_flip=tta_flip, batch_size=batch_size)
+    log_probs = np.log(np.clip(probs, 1e-12, 1.0))
     labels = split.labels
-    predicted = outputs.argmax(axis=1)
+    predicted = probs.argmax(axis=1)
     confusion = np.zeros((len(class_names), len(class_names)), "int64")
     np.add.at(confusion, (labels, predicted), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)

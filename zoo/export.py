@@ -21,7 +21,7 @@ import numpy as np
 
 import keras
 
-from zoo.evaluation import outputs_probabilities
+from zoo.evaluation import outputs_probabilities, probabilities
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # What every export must prove against the Keras model (top-1 agreement, |probability| difference).
@@ -51,15 +51,6 @@ def float32_model(model):
     rebuilt = model.__class__.from_config(config)
     rebuilt.set_weights([np.asarray(w, "float32") for w in model.get_weights()])
     return rebuilt
-
-
-def keras_predict(model, images, batch_size=256):
-    """Class probabilities of a Keras model (softmax applied to logits) for raw 0-255 images."""
-    outputs = np.asarray(model.predict(images, batch_size=batch_size, verbose=0), "float64")
-    if outputs_probabilities(model):
-        return outputs
-    exp = np.exp(outputs - outputs.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def _probabilities(model, images):
@@ -106,42 +97,46 @@ def _tflite_saved_model(model, path):
     archive.write_out(str(path), verbose=False)
 
 
-def to_tflite(model, path, *, quantize="float32", representative_data=None, _saved_model=None):
+def to_tflite(model, path, *, quantize="float32", representative_data=None):
     """Convert `model` to a TFLite file with built-in ops only; returns the file's bytes.
 
     quantize: "float32", "float16" (weights), "dynamic" (int8 weights, float activations) or "int8"
         (full integer, uint8 input and output, calibrated on `representative_data`: a few hundred
         raw 0-255 images [N, H, W, C] like the training images).
     """
-    import tensorflow as tf
-
     if quantize not in VARIANTS:
         raise ExportError(f"Unknown quantization. Valid: {', '.join(VARIANTS)}. Received: quantize={quantize!r}")
     model = float32_model(model)
     if quantize == "int8":
         _check_calibration(model, representative_data)
     with tempfile.TemporaryDirectory() as tmp:
-        saved_model = _saved_model or os.path.join(tmp, "saved_model")
-        if _saved_model is None:
-            _tflite_saved_model(model, saved_model)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantize != "float32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if quantize == "float16":
-            converter.target_spec.supported_types = [tf.float16]
-        if quantize == "int8":
-            images = np.asarray(representative_data, "float32")
-            converter.representative_dataset = lambda: ([image[None]] for image in images)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
-            converter.inference_output_type = tf.uint8
-        try:
-            content = converter.convert()
-        except Exception as e:  # the converter raises its own ConverterError
-            raise ExportError(
-                f"TFLite conversion ({quantize}) failed; the model may use ops outside the TFLite built-ins: {e}"
-            ) from None
+        saved_model = os.path.join(tmp, "saved_model")
+        _tflite_saved_model(model, saved_model)
+        return _convert(saved_model, path, quantize, representative_data)
+
+
+def _convert(saved_model, path, quantize, representative_data):
+    """Run the TFLite converter on a SavedModel from `_tflite_saved_model` and write `path`."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantize != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        images = np.asarray(representative_data, "float32")
+        converter.representative_dataset = lambda: ([image[None]] for image in images)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    try:
+        content = converter.convert()
+    except Exception as e:  # the converter raises its own ConverterError
+        raise ExportError(
+            f"TFLite conversion ({quantize}) failed; the model may use ops outside the TFLite built-ins: {e}"
+        ) from None
     pathlib.Path(path).write_bytes(content)
     return content
 
@@ -292,30 +287,36 @@ def _export_into(model, folder, formats, quantize, calibration, verification, la
     record["keras"] = {"file": "model.keras", "bytes": (folder / "model.keras").stat().st_size, "sha256": sha256(folder / "model.keras")}
     if "saved_model" in formats:
         to_saved_model(model, folder / "saved_model")
-        record["saved_model"] = {"path": "saved_model", "signature": "serving_default", "input": "image: uint8 [batch, H, W, C], 0-255 RGB", "outputs": ["probabilities", "logits"]}
-    if "tflite" not in formats:
-        _write_record(folder, record)
-        return record
+        outputs = ["probabilities"] if outputs_probabilities(model) else ["probabilities", "logits"]
+        record["saved_model"] = {"path": "saved_model", "signature": "serving_default", "input": "image: uint8 [batch, H, W, C], 0-255 RGB", "outputs": outputs}
+    failures = []
+    if "tflite" in formats:
+        failures = _export_tflite(model, folder, record["variants"], quantize, calibration, verification, labels)
+    if failures and enforce_bounds:
+        raise ExportError("Export failed verification against the Keras model: " + "; ".join(failures) + ". Nothing was written.")
+    _write_record(folder, record)
+    return record
+
+
+def _export_tflite(model, folder, variants, quantize, calibration, verification, labels):
+    """Write and (given verification images) measure each TFLite variant; returns missed bounds."""
     measure = verification is not None and len(verification) > 0
-    keras_probabilities = keras_predict(model, verification) if measure else None
+    keras_probabilities = probabilities(model, verification) if measure else None
     failures = []
     with tempfile.TemporaryDirectory() as tmp:
         saved_model = os.path.join(tmp, "tflite_saved_model")
         _tflite_saved_model(model, saved_model)
         for variant in quantize:
             path = folder / f"model_{variant}.tflite"
-            to_tflite(model, path, quantize=variant, representative_data=calibration, _saved_model=saved_model)
+            _convert(saved_model, path, variant, calibration)
             tflite = TFLiteModel(path)
             entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), **tflite.spec()}
             if measure:
                 figures, problems = verify(variant, keras_probabilities, tflite.predict(verification), labels)
                 entry["verification"] = figures
                 failures += [f"{variant}: {p}" for p in problems]
-            record["variants"][variant] = entry
-    _write_record(folder, record)
-    if failures and enforce_bounds:
-        raise ExportError("Export failed verification against the Keras model: " + "; ".join(failures) + ". Nothing was written.")
-    return record
+            variants[variant] = entry
+    return failures
 
 
 def _write_record(folder, record):
@@ -353,7 +354,7 @@ class KerasClassifier:
         self.input_shape = tuple(self.model.input.shape[1:])
 
     def predict(self, images):
-        return keras_predict(self.model, np.asarray(images, "float32"))
+        return probabilities(self.model, np.asarray(images, "float32"))
 
 
 def load_classifier(path, num_threads=None):
