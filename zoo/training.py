@@ -114,11 +114,23 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 class StopOnNaN(keras.callbacks.Callback):
-    """Stop training at the first non-finite batch loss, and remember that it did."""
+    """Stop training once the loss is not finite, and remember that it did.
+
+    The loss in the logs is the epoch's running mean, so it stays NaN once it was; reading it every
+    `every` batches (not every batch) keeps an accelerator from waiting on the host at each step.
+    """
 
     stopped = False
 
+    def __init__(self, every=16):
+        super().__init__()
+        self.every = every
+
     def on_train_batch_end(self, batch, logs=None):
+        if batch % self.every == self.every - 1 and not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            self.stopped = self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite(float((logs or {}).get("loss", 0.0))):
             self.stopped = self.model.stop_training = True
 
