@@ -24,7 +24,7 @@ _STARTUP_NOISE = (
     "fully_quantize: ",
     "Estimated count of arithmetic ops",
 )
-_QUIET_COMMANDS = {"export", "predict", "bench"}  # short commands: their stderr is replayed when they end
+_QUIET_COMMANDS = {"export", "release", "viz", "predict", "bench"}  # short commands: their stderr is replayed when they end
 
 
 @contextlib.contextmanager
@@ -78,10 +78,10 @@ def cmd_list(args):
     from zoo.models import list_models, model_info
 
     rows = []
-    for name in list_models(args.include, args.exclude):
+    for name in list_models(args.include, args.exclude, pretrained=args.pretrained):
         info = model_info(name)
-        rows.append((name, f"{info.params:,}", _format_count(info.macs), f"{info.min_input_size}x{info.min_input_size}"))
-    print(_table(rows, ("model", "params", "MACs", "min input")))
+        rows.append((name, f"{info.params:,}", _format_count(info.macs), f"{info.min_input_size}x{info.min_input_size}", ", ".join(info.weights) or "-"))
+    print(_table(rows, ("model", "params", "MACs", "min input", "weights")))
 
 
 def cmd_info(args):
@@ -118,28 +118,49 @@ def cmd_eval(args):
 
     import keras
 
-    from zoo.data import load_dataset
+    from zoo.data import Split, load_dataset, load_image_folder_split
     from zoo.evaluation import evaluate
 
     if not os.path.isfile(args.model):
         raise FileNotFoundError(f"No such model file: {args.model}")
     model = keras.saving.load_model(args.model)
     height, width, channels = model.input.shape[1:]
-    dataset = load_dataset(
-        args.source, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, image_size=(height, width),
-        channels=channels, validation_size=0, limit=args.limit,
-    )
-    result = evaluate(model, dataset.test, dataset.class_names, tta_flip=args.tta_flip)
+    if args.data_dir:  # only test/ is decoded
+        test, class_names = load_image_folder_split(args.data_dir, "test", (height, width), channels)
+        if args.limit:
+            keep = np.random.default_rng(0).permutation(len(test))[: args.limit]
+            test = Split(test.images[keep], test.labels[keep])
+        source = os.path.abspath(args.data_dir)
+    else:
+        dataset = load_dataset(
+            args.source, tfds_data_dir=args.tfds_data_dir, image_size=(height, width), channels=channels,
+            validation_size=0, limit=args.limit,
+        )
+        test, class_names, source = dataset.test, dataset.class_names, dataset.source
+    result = evaluate(model, test, class_names, tta_flip=args.tta_flip)
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.model} on {dataset.source} test ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
+    print(f"{args.model} on {source} test ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}\n")
     rows = [(name, f"{acc:.4f}") for name, acc in result["per_class_accuracy"].items()]
     print(_table(rows, ("class", "accuracy")))
     print("\nconfusion matrix (rows: true, columns: predicted)")
-    names = dataset.class_names
-    print(_table([(n, *row) for n, row in zip(names, result["confusion_matrix"])], ("", *[n[:5] for n in names])))
+    print(_table([(n, *row) for n, row in zip(class_names, result["confusion_matrix"])], ("", *[n[:5] for n in class_names])))
+
+
+def cmd_release(args):
+    from zoo.release import release
+
+    card = release(
+        args.run, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, source=args.source, tag=args.tag,
+        out=args.out, quantize=_csv(args.quantize), data_description=args.data_description, overwrite=args.overwrite,
+    )
+    print(
+        f"released {card['model']}(weights={card['weights']!r}) -> {card['folder']}"
+        f"\ntest top-1 {_pct(card['accuracy']['test_top1'])} (flip TTA {_pct(card['accuracy']['test_top1_flip_tta'])})"
+        + (f", int8 {_pct(card['int8']['test_top1'])}" if card["int8"] else "")
+    )
 
 
 def cmd_export(args):
@@ -174,6 +195,46 @@ def cmd_export(args):
     if rows:
         print(_table(rows, ("file", "size", "agreement", "accuracy", "verified")))
     print(f"exported {record['model']} -> {args.out} (export.json, labels.txt{', saved_model/' if 'saved_model' in formats else ''})")
+
+
+def cmd_viz(args):
+    import json
+
+    import keras
+
+    from zoo import export, viz
+    from zoo.models import get_model, model_info
+
+    path = args.model
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.keras")):  # a run folder
+        path = os.path.join(path, "model.keras")
+    class_names = None
+    if os.path.isfile(path):
+        if args.weights:
+            raise ValueError(f"--weights applies to a model name, not to a file. Received: --weights {args.weights}")
+        model = keras.saving.load_model(path)
+        results = os.path.join(os.path.dirname(path), "results.json")
+        class_names = export.find_labels(path) or (
+            json.loads(open(results).read())["data"]["class_names"] if os.path.isfile(results) else None
+        )
+    else:
+        model_info(path)  # a registered name, else an error listing them
+        model = get_model(path, weights=args.weights)
+        if args.weights and not os.path.isfile(args.weights):
+            from zoo import pretrained
+
+            class_names = pretrained.card(path, args.weights)["data"]["classes"]
+    if args.image is None and not args.filters:
+        raise ValueError("Nothing to draw: give --image IMAGE (filters, feature maps and Grad-CAM), or --filters.")
+    image = viz.load_image(args.image, model) if args.image else None
+    items = viz.report(
+        model, args.out, image=image, image_name=os.path.basename(args.image) if args.image else "image",
+        class_names=class_names, layer_names=_csv(args.layers) if args.layers else None, top_k=args.top_k,
+        overwrite=args.overwrite,
+    )
+    for file, _ in items:
+        print(os.path.join(args.out, file))
+    print(f"open {os.path.join(args.out, 'index.html')}")
 
 
 def cmd_predict(args):
@@ -241,6 +302,7 @@ def build_parser():
     p = commands.add_parser("list", help="list the registered models")
     p.add_argument("include", nargs="*", help="fnmatch patterns to keep, e.g. 'vgg*'")
     p.add_argument("--exclude", nargs="+", help="fnmatch patterns to drop")
+    p.add_argument("--pretrained", action="store_true", help="only models with released weights")
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("info", help="parameters, MACs and the layer table of a model")
@@ -279,6 +341,29 @@ def build_parser():
     p.add_argument("--no-verify", action="store_true", help="write the export even if a variant misses its bounds (figures are still recorded)")
     p.add_argument("--overwrite", action="store_true", help="replace --out (kept if the export fails)")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("release", help="release a finished run into saved_models/ with a model card")
+    p.add_argument("run", help="a finished run folder, e.g. runs/vgg16_bn_cifar10")
+    p.add_argument("--data-dir", help="image folders: train/ calibrates int8, test/ is evaluated")
+    p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir")
+    p.add_argument("--tfds-data-dir")
+    p.add_argument("--tag", default="cifar10", help="the weights tag users pass as weights=TAG (default: cifar10)")
+    p.add_argument("--out", help="release folder (default: saved_models/<model>_<tag>)")
+    p.add_argument("--quantize", default="int8", help="comma-separated TFLite variants to ship (default: int8)")
+    p.add_argument("--data-description", help="how the card names the test data, e.g. 'CIFAR-10 test, local 5k half'")
+    p.add_argument("--overwrite", action="store_true", help="replace the release folder (kept if the release fails)")
+    p.set_defaults(func=cmd_release)
+
+    p = commands.add_parser("viz", help="pictures of filters, feature maps and Grad-CAM, with an HTML page")
+    p.add_argument("model", help="a registered model name (with --weights), a .keras file or a run folder")
+    p.add_argument("--weights", help="released weights of a model name, e.g. cifar10, or a weights file")
+    p.add_argument("--image", help="an image file: adds feature maps per block and Grad-CAM")
+    p.add_argument("--filters", action="store_true", help="draw the first convolution's filters (always on with --image)")
+    p.add_argument("--layers", help="comma-separated layer names to show instead of the conv-pool blocks")
+    p.add_argument("--top-k", type=int, default=3, help="Grad-CAM for this many most probable classes")
+    p.add_argument("--out", required=True, help="output folder (index.html + PNGs)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out")
+    p.set_defaults(func=cmd_viz)
 
     p = commands.add_parser("predict", help="top-k classes of images with a .tflite, SavedModel or .keras model")
     p.add_argument("model", help="a .tflite file, a SavedModel folder or a .keras file")

@@ -143,6 +143,12 @@ def load_image_folders(data_dir, image_size, channels=3):
     return splits[0], splits[1], class_names
 
 
+def load_image_folder_split(data_dir, split, image_size, channels=3):
+    """One split (`"train"` or `"test"`) of an image-folder tree, in file order, and the class names."""
+    class_names = class_folders(data_dir)
+    return _load_split(pathlib.Path(data_dir) / split, class_names, image_size, channels), class_names
+
+
 def _load_split(folder, class_names, image_size, channels):
     files, labels = [], []
     for label, name in enumerate(class_names):

@@ -10,7 +10,6 @@ Every TFLite file takes a batch of one image [1, H, W, C] of raw 0-255 RGB value
 float variants, uint8 for int8) and returns class probabilities. Needs TensorFlow.
 """
 
-import hashlib
 import json
 import os
 import pathlib
@@ -22,6 +21,8 @@ import numpy as np
 import keras
 
 from zoo.evaluation import outputs_probabilities, probabilities
+from zoo.files import replace_folder
+from zoo.pretrained import sha256
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # What every export must prove against the Keras model (top-1 agreement, |probability| difference).
@@ -221,14 +222,6 @@ def verify(variant, keras_probabilities, tflite_probabilities, labels=None):
     return figures, failures
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def export_model(
     model,
     out,
@@ -241,6 +234,7 @@ def export_model(
     class_names=None,
     overwrite=False,
     enforce_bounds=True,
+    save_keras=True,
 ):
     """Export `model` into the folder `out` and verify every TFLite variant against Keras.
 
@@ -248,7 +242,8 @@ def export_model(
     `verification_labels` to measure accuracy); their figures go to `export.json`. Everything is
     written to a temporary folder and moved into place only once every variant met its bounds (or
     regardless, with `enforce_bounds=False`); an existing `out` is replaced only with `overwrite`,
-    and a failure leaves it as it was. Returns the `export.json` record.
+    and a failure leaves it as it was. `save_keras=False` leaves out the float32 `model.keras`.
+    Returns the `export.json` record.
     """
     out = pathlib.Path(out)
     unknown = sorted(set(quantize) - set(VARIANTS))
@@ -271,20 +266,22 @@ def export_model(
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         record = _export_into(
-            model, staging, formats, quantize, calibration, verification, verification_labels, class_names, enforce_bounds
+            model, staging, formats, quantize, calibration, verification, verification_labels, class_names,
+            enforce_bounds, save_keras,
         )
-        _move_into_place(staging, out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return record
 
 
-def _export_into(model, folder, formats, quantize, calibration, verification, labels, class_names, enforce_bounds):
+def _export_into(model, folder, formats, quantize, calibration, verification, labels, class_names, enforce_bounds, save_keras):
     record = {"model": model.name, "params": model.count_params(), "labels": "labels.txt", "variants": {}}
     (folder / "labels.txt").write_text("\n".join(class_names) + "\n")
-    model.save(folder / "model.keras")
-    record["keras"] = {"file": "model.keras", "bytes": (folder / "model.keras").stat().st_size, "sha256": sha256(folder / "model.keras")}
+    if save_keras:
+        model.save(folder / "model.keras")
+        record["keras"] = {"file": "model.keras", "bytes": (folder / "model.keras").stat().st_size, "sha256": sha256(folder / "model.keras")}
     if "saved_model" in formats:
         to_saved_model(model, folder / "saved_model")
         outputs = ["probabilities"] if outputs_probabilities(model) else ["probabilities", "logits"]
@@ -321,18 +318,6 @@ def _export_tflite(model, folder, variants, quantize, calibration, verification,
 
 def _write_record(folder, record):
     (folder / "export.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-def _move_into_place(staging, out):
-    """Replace `out` by `staging`, keeping the old folder until the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}-previous")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old)
 
 
 class SavedModelClassifier:

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 import tempfile
 
 
@@ -22,3 +23,19 @@ def write_atomically(path, write):
 
 def write_text_atomically(path, text):
     write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(text))
+
+
+def replace_folder(staging, out):
+    """Replace `out` by `staging` (a `tempfile.mkdtemp` folder, made world-readable like any new
+    folder), keeping the old folder until the new one is in place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}-previous")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old)

@@ -5,6 +5,8 @@ import difflib
 import fnmatch
 from typing import Callable
 
+from zoo.pretrained import cards, released_models
+
 _MODELS = {}
 
 
@@ -23,6 +25,11 @@ class ModelInfo:
     min_input_size: int
     reference: str
 
+    @property
+    def weights(self):
+        """Tags of this model's released weights (`weights=TAG`), from the model cards in saved_models/."""
+        return tuple(sorted(tag for model, tag in cards() if model == self.name))
+
 
 def register_model(*, params, macs, min_input_size, reference):
     """Decorator that registers a builder under its function name."""
@@ -37,9 +44,12 @@ def register_model(*, params, macs, min_input_size, reference):
     return register
 
 
-def list_models(include=None, exclude=None):
-    """Sorted names of registered models, filtered by fnmatch patterns (a string or a list)."""
+def list_models(include=None, exclude=None, pretrained=False):
+    """Sorted names of registered models, filtered by fnmatch patterns (a string or a list);
+    with `pretrained`, only those with released weights."""
     names = sorted(_MODELS)
+    if pretrained:
+        names = [n for n in names if n in released_models()]
     if include is not None:
         names = [n for n in names if _matches(n, include)]
     if exclude is not None:

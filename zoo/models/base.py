@@ -8,6 +8,7 @@ import zipfile
 import keras
 from keras import layers
 
+from zoo import pretrained
 from zoo.blocks import GLOBAL_POOLS, classifier_head, conv_pool_block, global_pool, min_input_size
 
 WEIGHTS_SUFFIXES = (".weights.h5", ".keras")
@@ -27,7 +28,22 @@ class Architecture:
         return min_input_size(self.blocks)
 
 
-def build_model(
+def build_model(arch, *, name, weights=None, **options):
+    """Build `arch` as a functional Keras model, with random, released or a file's weights.
+
+    `weights`: `None` (random initialisation), the tag of released weights such as `"cifar10"`
+    (see `zoo list --pretrained`), or the path of a `.weights.h5` or `.keras` file. With released
+    weights, options left unset take the values the weights were trained with (from the model
+    card) and an explicit conflicting option is a ValueError. Other options: see `_build`.
+    """
+    if isinstance(weights, str) and not weights.endswith(WEIGHTS_SUFFIXES) and not os.path.exists(weights):
+        card = pretrained.card(name, weights)
+        options = pretrained.resolve_options(card, options)
+        weights = pretrained.weights_file(card)
+    return _build(arch, name=name, weights=weights, **options)
+
+
+def _build(
     arch,
     *,
     name,
@@ -56,7 +72,8 @@ def build_model(
         classifier_activation: `None` for logits (the default) or `"softmax"`.
         include_preprocessing: start with a weight-free `Rescaling` layer mapping raw 0-255 pixels to
             [-1, 1], so the model takes raw RGB images.
-        weights: `None` (random initialisation) or the path of a `.weights.h5` or `.keras` file.
+        weights: `None` (random initialisation) or the path of a `.weights.h5` or `.keras` file;
+            with `include_top=False`, the file's classifier weights are left out.
         name: the model name.
     """
     _validate(arch, locals())
@@ -82,7 +99,7 @@ def build_model(
         x = global_pool(x, pooling)
     model = keras.Model(inputs, x, name=name)
     if weights is not None:
-        check_weights_fit(model, weights)
+        check_weights_fit(model, weights, head_optional=not include_top)
         model.load_weights(weights)
     return model
 
@@ -129,16 +146,19 @@ def _validate(arch, options):
     if weights is not None:
         if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
             fail(
-                "The `weights` argument should be either `None` (random initialization) or the "
-                "path to an existing weights file.",
+                "The `weights` argument should be either `None` (random initialization), the tag of "
+                "released weights (e.g. 'cifar10'), or the path to an existing weights file.",
                 "weights",
             )
         if not str(weights).endswith(WEIGHTS_SUFFIXES):
             fail(f"A weights file must end in {' or '.join(WEIGHTS_SUFFIXES)}.", "weights")
 
 
-def check_weights_fit(model, path):
-    """Raise a ValueError naming the first layer whose weights in `path` do not fit `model`."""
+def check_weights_fit(model, path, head_optional=False):
+    """Raise a ValueError naming the first layer whose weights in `path` do not fit `model`.
+
+    With `head_optional`, the file may hold weights of dense layers (a classifier head) that `model` lacks.
+    """
     stored = _stored_shapes(path)
     used = {}
     for layer in model.layers:
@@ -150,7 +170,7 @@ def check_weights_fit(model, path):
                 f"Weights file {str(path)!r} does not fit model '{model.name}': layer "
                 f"'{layer.name}' expects weights of shapes {expected}, the file holds {found}."
             )
-    leftover = [key for key, shapes in stored.items() if shapes]
+    leftover = [key for key, shapes in stored.items() if shapes and not (head_optional and key.startswith("dense"))]
     if leftover:
         raise ValueError(
             f"Weights file {str(path)!r} does not fit model '{model.name}': it holds weights "
@@ -201,3 +221,19 @@ def count_macs(model):
             macs += layer.input.shape[-1] * layer.units
     return macs
 
+
+
+def options_of(model):
+    """The builder options that shape `model`'s weights, read back from a model built by `build_model`."""
+    names = {layer.name for layer in model.layers}
+    fc_units = [model.get_layer(f"fc{i}").units for i in range(1, len(model.layers)) if f"fc{i}" in names]
+    options = {
+        "input_shape": list(model.input.shape[1:]),
+        "num_classes": model.output.shape[-1],
+        "batch_norm": any(isinstance(layer, layers.BatchNormalization) for layer in model.layers),
+        "fc_units": fc_units,
+        "include_preprocessing": "rescaling" in names,
+    }
+    if fc_units:
+        options["dropout"] = model.get_layer("fc1_drop").rate if "fc1_drop" in names else 0.0
+    return options

@@ -1,0 +1,133 @@
+"""Released weights: the model cards in `saved_models/`, and what `weights="cifar10"` needs from them.
+
+Each release is a folder `saved_models/<model>_<tag>/` holding `model_card.json` (written by
+`zoo release`), the float16 Keras weights, the TFLite files and their `export.json`. A card records
+the builder options the weights were trained with; `resolve_options` merges them with a caller's
+options the way torchvision merges a weights enum's meta. Keras-free: the registry imports it.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+
+SAVED_MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "saved_models"
+CARD = "model_card.json"
+# Options that only shape the classifier head: free to differ when the head is not built.
+HEAD_OPTIONS = ("num_classes", "fc_units", "dropout")
+
+
+def saved_models_dir():
+    """`$ZOO_SAVED_MODELS`, else `saved_models/` beside the `zoo` package."""
+    return pathlib.Path(os.environ.get("ZOO_SAVED_MODELS", SAVED_MODELS_DIR))
+
+
+def cards():
+    """Every model card, keyed by `(model, weights tag)`."""
+    found = {}
+    for path in sorted(saved_models_dir().glob(f"*/{CARD}")):
+        card = json.loads(path.read_text())
+        card["folder"] = str(path.parent)
+        found[(card["model"], card["weights"])] = card
+    return found
+
+
+def released_models():
+    """Sorted names of models with released weights."""
+    return sorted({model for model, _ in cards()})
+
+
+def card(model, tag):
+    """The card of `model`'s weights `tag`; a ValueError naming the models that have such weights."""
+    all_cards = cards()
+    if (model, tag) not in all_cards:
+        having = sorted(m for m, t in all_cards if t == tag)
+        tags = sorted({t for m, t in all_cards if m == model})
+        raise ValueError(
+            f"No released weights {tag!r} for '{model}'. "
+            + (f"Its released weights: {', '.join(tags)}. " if tags else "")
+            + (f"Models with {tag!r} weights: {', '.join(having)}. " if having else f"No model has {tag!r} weights. ")
+            + "Pass weights=None for a random initialisation, or the path of a weights file. "
+            f"Received: weights={tag!r}"
+        )
+    return all_cards[(model, tag)]
+
+
+def sha256(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_file(card):
+    """The card's Keras weights file, after checking its sha256 against the card."""
+    entry = card["files"][card["keras_weights"]]
+    path = pathlib.Path(card["folder"]) / card["keras_weights"]
+    if not path.is_file():
+        raise FileNotFoundError(f"Released weights file {path} is missing (listed in {card['folder']}/{CARD}).")
+    digest = sha256(path)
+    if digest != entry["sha256"]:
+        raise ValueError(
+            f"Released weights file {path} is corrupt or was changed: sha256 {digest}, its card says {entry['sha256']}."
+        )
+    return path
+
+
+def resolve_options(card, options):
+    """The builder options for loading `card`'s weights: the caller's, completed with the card's.
+
+    An option the caller sets to another value than the card's is an error, except options of the
+    classifier head (and the input's height and width) when `include_top=False`.
+    """
+    include_top = options.get("include_top", True)
+    resolved = dict(options)
+    for key, value in card["options"].items():
+        if not include_top and key in HEAD_OPTIONS:
+            continue
+        if key not in options:
+            resolved[key] = value
+        elif _same(key, options[key], value, include_top):
+            continue
+        else:
+            raise ValueError(
+                f"`{key}` conflicts with the released weights {card['weights']!r} of '{card['model']}', "
+                f"which were trained with {key}={_plain(value)!r}. Leave it unset"
+                + (" (or pass include_top=False to use only the convolutional blocks)" if key in HEAD_OPTIONS or key == "input_shape" else "")
+                + f". Received: {key}={options[key]!r}"
+            )
+    return resolved
+
+
+def _same(key, given, released, include_top):
+    if key == "input_shape" and not include_top:  # conv weights fit any image size, not another channel count
+        return isinstance(given, (tuple, list)) and len(given) == 3 and given[-1] == released[-1]
+    return _plain(given) == _plain(released)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def results_table():
+    """A Markdown table of every release, generated from the model cards (timm's results CSV, as Markdown)."""
+    header = (
+        "| model | weights | params | MACs | test top-1 | + flip TTA | int8 top-1 | int8 size | epochs | train time | hardware |\n"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
+    )
+    rows = []
+    for (model, tag), c in cards().items():
+        training, accuracy, int8 = c["training"], c["accuracy"], c.get("int8")
+        cells = [
+            model, tag, f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M",
+            _pct(accuracy["test_top1"]), _pct(accuracy.get("test_top1_flip_tta")),
+            _pct(int8["test_top1"]) if int8 else "-", f"{int8['bytes'] / 2**20:.2f} MiB" if int8 else "-",
+            str(training["epochs"]), f"{training['train_seconds'] / 60:.1f} min", training["hardware_summary"],
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
+    return header + "\n".join(rows) + "\n"
+
+
+def _pct(value):
+    return "-" if value is None else f"{100 * value:.2f}%"
