@@ -8,7 +8,8 @@ from zoo.cli import main
 def test_list_prints_every_model_with_params(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^vgg16_bn +15,262,026 +313.73M +32x32$", out, re.M)
+    assert re.search(r"^vgg16_bn +15,262,026 +313.73M +32x32 +cifar10$", out, re.M)
+    assert re.search(r"^vgg16 +15,245,130 +313.73M +32x32 +-$", out, re.M)
     assert out.count("\n") == 12  # header, rule and ten models
 
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def quick_args(data_dir, out, epochs=2, limit=2000):
     return [
         "train", "lenet5_cifar10", "--data-dir", str(data_dir), "--epochs", str(epochs), "--out", str(out),
-        "--set", "data.validation_size=500", "--set", f"data.limit={limit}",
+        "--set", "data.validation_size=500", "--set", f"data.limit={limit}", "--set", "training.tta_flip=false",
     ]
 
 
@@ -58,7 +59,7 @@ def trained_run(small_cifar10, tmp_path_factory):
 
 def test_real_data_smoke_run_writes_a_complete_run_folder(trained_run):
     results = json.loads((trained_run / "results.json").read_text())
-    assert results["test_accuracy"] > 0.25, "LeNet-5 should beat chance (0.10) clearly after 2 epochs"
+    assert results["test_accuracy"] > 0.2, "LeNet-5 should beat chance (0.10, +-0.013 on 500 images) clearly after 2 epochs"
     assert results["model"] == "lenet5" and results["recipe"] == "lenet5_cifar10" and results["epochs"] == 2
     assert 0 < results["val_accuracy"] <= 1 and results["test_loss"] > 0
     assert results["data"]["class_names"][3] == "cat"
@@ -93,6 +94,26 @@ def test_a_finished_run_is_not_overwritten(trained_run, small_cifar10, capsys):
     assert main([*quick_args(small_cifar10, trained_run)]) == 2
     assert "holds a finished run. Use another --out, or --overwrite" in capsys.readouterr().err
     assert (trained_run / "model.keras").read_bytes() == before
+
+
+def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, small_cifar10, tmp_path, monkeypatch, capsys):
+    from zoo import training
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    previous = tmp_path / ".run-previous"
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the new run died")
+
+    with monkeypatch.context() as m:
+        m.setattr(training, "_fit", crash)
+        with pytest.raises(RuntimeError, match="the new run died"):
+            main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"])
+    assert (previous / "results.json").read_bytes() == (trained_run / "results.json").read_bytes()
+    assert main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"]) == 0
+    assert f"previous run is kept in {previous}" in capsys.readouterr().out
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 1 and not previous.exists()
 
 
 def test_a_run_folder_of_another_recipe_is_not_resumed(small_cifar10, tmp_path, capsys):

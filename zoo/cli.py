@@ -92,7 +92,8 @@ def cmd_info(args):
     model = info.builder()
     print(f"{info.name}: {info.reference}")
     print(f"params {model.count_params():,}  MACs {count_macs(model):,}  min input {info.min_input_size}x{info.min_input_size}")
-    print(f"input {tuple(model.input.shape[1:])} uint8-range RGB (0-255), output {tuple(model.output.shape[1:])} logits\n")
+    print(f"input {tuple(model.input.shape[1:])} uint8-range RGB (0-255), output {tuple(model.output.shape[1:])} logits")
+    print(f"released weights: {', '.join(info.weights) or 'none'} (zoo list --pretrained)\n")
     rows = [(layer.name, type(layer).__name__, str(tuple(layer.output.shape[1:])), f"{layer.count_params():,}") for layer in model.layers]
     print(_table(rows, ("layer", "type", "output shape", "params")))
 

@@ -165,14 +165,24 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
         },
         "files": {},
     }
-    card["files"] = {
+    write_card(folder, card)
+    return card
+
+
+def write_card(folder, card):
+    """Write `README.md` and `model_card.json` (which lists every other file with its sha256)."""
+    card["files"] = _file_entries(folder)
+    (folder / "README.md").write_text(card_readme(card))  # lists the files above
+    card["files"] = _file_entries(folder)  # now with README.md
+    (folder / pretrained.CARD).write_text(json.dumps(card, indent=2) + "\n")
+
+
+def _file_entries(folder):
+    return {
         path.name: {"bytes": path.stat().st_size, "sha256": pretrained.sha256(path)}
         for path in sorted(folder.iterdir())
-        if path.is_file()
+        if path.is_file() and path.name != pretrained.CARD
     }
-    (folder / pretrained.CARD).write_text(json.dumps(card, indent=2) + "\n")
-    (folder / "README.md").write_text(card_readme(card))
-    return card
 
 
 def int8_check(path, test, step=CHECK_STEP):
@@ -217,7 +227,7 @@ def card_readme(card):
         "",
         "| file | bytes | sha256 |",
         "| --- | ---: | --- |",
-        *(f"| {name} | {f['bytes']:,} | `{f['sha256']}` |" for name, f in card["files"].items()),
+        *(f"| {name} | {f['bytes']:,} | `{f['sha256']}` |" for name, f in card["files"].items() if name != "README.md"),
         "",
     ]
     return "\n".join(lines)

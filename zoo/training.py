@@ -7,6 +7,7 @@ while training, `backup/` (the resume point). Re-running the same command resume
 
 import json
 import math
+import os
 import pathlib
 import shutil
 import sys
@@ -33,8 +34,11 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
     run_dir = pathlib.Path(run_dir)
     recipe_text = recipes.to_toml(recipe)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:
-            shutil.rmtree(run_dir)
+        if overwrite:  # kept aside until the new run has finished
+            previous = _previous(run_dir)
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(run_dir, previous)
+            print(f"--overwrite: the previous run is kept in {previous} until this one finishes", flush=True)
         elif (run_dir / "results.json").exists():
             raise RunFolderError(f"Run folder {run_dir} holds a finished run. Use another --out, or --overwrite to replace it.")
         elif (run_dir / "recipe.toml").exists() and (run_dir / "recipe.toml").read_text() != recipe_text:
@@ -48,6 +52,10 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
     epoch = json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
     _drop_epochs_from(run_dir / "history.csv", epoch)
     return epoch
+
+
+def _previous(run_dir):
+    return run_dir.with_name(f".{run_dir.name}-previous")
 
 
 def make_optimizer(recipe, steps_per_epoch):
@@ -250,6 +258,7 @@ def _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose):
         verbose = 1 if sys.stdout.isatty() else 0
     model.fit(
         batches,
+        shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
         validation_data=(dataset.val.images, one_hot(dataset.val.labels, num_classes)),
         epochs=epochs,
         callbacks=callbacks,
@@ -301,5 +310,6 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False):
     plots.history_curves(run_dir / "history.csv", run_dir / "plots" / "history.png")
     plots.confusion_matrix(test["confusion_matrix"], dataset.class_names, run_dir / "plots" / "confusion_matrix.png")
     write_text_atomically(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(_previous(run_dir), ignore_errors=True)  # a run this one replaced with --overwrite
     print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) -> {run_dir / 'results.json'}", flush=True)
     return results

@@ -74,15 +74,16 @@ def feature_maps(model, image, layer_names=None):
     return [(name, np.asarray(out[0], "float32")) for name, out in zip(names, outputs)]
 
 
-def grad_cam_layer(model):
-    """The default Grad-CAM layer: the last layer with a 4D output before the classifier, that is
-    the activation of the last convolution (zoo models: `block{n}_act{k}`), not a pooling or dropout."""
+def grad_cam_layer(model, min_size=4):
+    """The default Grad-CAM layer: the last layer with a 4D output of at least `min_size` x `min_size`
+    that is not a pooling or dropout layer, i.e. the activation of a late convolution (zoo models:
+    `block{n}_act{k}`). On 32x32 inputs VGG's last convolutions see 2x2 maps, too coarse to point at
+    anything, so its last 4x4 block is used."""
     conv_layers(model)
-    candidates = [
-        layer for layer in model.layers
-        if len(layer.output.shape) == 4 and not isinstance(layer, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout, keras.layers.InputLayer))
-    ]
-    return candidates[-1].name
+    skip = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout, keras.layers.InputLayer)
+    candidates = [layer for layer in model.layers if len(layer.output.shape) == 4 and not isinstance(layer, skip)]
+    large = [layer for layer in candidates if min(layer.output.shape[1:3]) >= min_size]
+    return (large or candidates)[-1].name
 
 
 def grad_cam(model, image, class_index, layer_name=None):
