@@ -11,6 +11,7 @@ from zoo.cli import main
 from zoo.data import load_image_folder_split
 from zoo.evaluation import probabilities
 from zoo.export import TFLiteModel
+from zoo.files import sha256
 from zoo.release import CHECK_STEP, update_results_table
 
 from conftest import ROOT
@@ -44,7 +45,7 @@ def test_card_files_match_their_sha256(name):
     assert sorted(p.name for p in folder.iterdir()) == sorted([*card["files"], "model_card.json"])
     for file, entry in card["files"].items():
         assert (folder / file).stat().st_size == entry["bytes"]
-        assert pretrained.sha256(folder / file) == entry["sha256"], file
+        assert sha256(folder / file) == entry["sha256"], file
     assert card["int8"] and card["files"][card["int8"]["file"]]
 
 
@@ -130,13 +131,19 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     card = json.loads((folder / "model_card.json").read_text())
     assert card["model"] == "lenet5" and card["weights"] == "tiny" and card["training"]["epochs"] == 1
     assert {"model.weights.h5", "model_int8.tflite", "export.json", "labels.txt", "recipe.toml", "README.md"} <= set(card["files"])
-    assert card["recipe"]["sha256"] == pretrained.sha256(tmp_path / "run" / "recipe.toml")
+    assert card["recipe"]["sha256"] == sha256(tmp_path / "run" / "recipe.toml")
     test, _ = load_image_folder_split(small_cifar10, "test", (32, 32))
     model = lenet5(weights="tiny")
     accuracy = float((probabilities(model, test.images).argmax(1) == test.labels).mean())
     assert accuracy == pytest.approx(card["accuracy"]["test_top1"], abs=1e-9)
     assert card["int8"]["check"]["images"] == len(test.images[::CHECK_STEP])
     assert "lenet5" in (folder / "README.md").read_text()
-    # An existing release is kept unless --overwrite.
+    # An existing release is kept unless --overwrite; bad arguments fail before any work.
     assert main(args) == 2
     assert "exists" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--quantize", "float16"]) == 2
+    assert "ships the int8 TFLite file" in capsys.readouterr().err
+    assert main(["release", str(tmp_path / "run"), "--tag", "../x"]) == 2
+    assert "Received: tag='../x'" in capsys.readouterr().err
+    assert main(["release", str(tmp_path), "--tag", "x"]) == 2
+    assert "is not a finished run folder" in capsys.readouterr().err

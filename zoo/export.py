@@ -21,8 +21,7 @@ import numpy as np
 import keras
 
 from zoo.evaluation import outputs_probabilities, probabilities
-from zoo.files import replace_folder
-from zoo.pretrained import sha256
+from zoo.files import replace_folder, sha256
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # What every export must prove against the Keras model (top-1 agreement, |probability| difference).

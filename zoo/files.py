@@ -1,5 +1,6 @@
-"""Writing files so that a crash or `kill -9` never leaves a half-written one in place."""
+"""Writing files so that a crash or `kill -9` never leaves a half-written one in place; their sha256."""
 
+import hashlib
 import os
 import pathlib
 import shutil
@@ -39,3 +40,11 @@ def replace_folder(staging, out):
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old)
+
+
+def sha256(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()

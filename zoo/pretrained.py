@@ -6,10 +6,11 @@ the builder options the weights were trained with; `resolve_options` merges them
 options the way torchvision merges a weights enum's meta. Keras-free: the registry imports it.
 """
 
-import hashlib
 import json
 import os
 import pathlib
+
+from zoo.files import sha256
 
 SAVED_MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "saved_models"
 CARD = "model_card.json"
@@ -51,14 +52,6 @@ def card(model, tag):
             f"Received: weights={tag!r}"
         )
     return all_cards[(model, tag)]
-
-
-def sha256(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_file(card):
@@ -118,11 +111,11 @@ def results_table():
     )
     rows = []
     for (model, tag), c in cards().items():
-        training, accuracy, int8 = c["training"], c["accuracy"], c.get("int8")
+        training, accuracy, int8 = c["training"], c["accuracy"], c["int8"]
         cells = [
             model, tag, f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M",
             _pct(accuracy["test_top1"]), _pct(accuracy.get("test_top1_flip_tta")),
-            _pct(int8["test_top1"]) if int8 else "-", f"{int8['bytes'] / 2**20:.2f} MiB" if int8 else "-",
+            _pct(int8["test_top1"]), f"{int8['bytes'] / 2**20:.2f} MiB",
             str(training["epochs"]), f"{training['train_seconds'] / 60:.1f} min", training["hardware_summary"],
         ]
         rows.append("| " + " | ".join(cells) + " |")

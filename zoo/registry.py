@@ -49,7 +49,8 @@ def list_models(include=None, exclude=None, pretrained=False):
     with `pretrained`, only those with released weights."""
     names = sorted(_MODELS)
     if pretrained:
-        names = [n for n in names if n in released_models()]
+        released = set(released_models())
+        names = [n for n in names if n in released]
     if include is not None:
         names = [n for n in names if _matches(n, include)]
     if exclude is not None:

@@ -10,6 +10,7 @@ the weights as released; the training figures are copied from the run's `results
 
 import json
 import pathlib
+import re
 import shutil
 import tempfile
 
@@ -21,8 +22,8 @@ import keras
 from zoo import pretrained
 from zoo.data import load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
-from zoo.export import TFLiteModel, export_model, float32_model
-from zoo.files import replace_folder
+from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model
+from zoo.files import replace_folder, sha256
 from zoo.models import get_model, model_info
 from zoo.models.base import count_macs, options_of
 
@@ -63,6 +64,10 @@ def release(
     overwrite=False,
 ):
     """Release the best checkpoint of a finished run; returns the model card."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", tag or ""):
+        raise ValueError(f"A weights tag is lower-case letters, digits, '_' and '-', like 'cifar10'. Received: tag={tag!r}")
+    if "int8" not in quantize or set(quantize) - set(VARIANTS):
+        raise ValueError(f"A release ships the int8 TFLite file, and may add {', '.join(v for v in VARIANTS if v != 'int8')}. Received: quantize={','.join(quantize)}")
     run_dir = pathlib.Path(run_dir)
     missing = [f for f in ("model.keras", "results.json", "recipe.toml") if not (run_dir / f).is_file()]
     if missing:
@@ -117,7 +122,7 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
     (folder / "export").rmdir()
     shutil.copy(run_dir / "recipe.toml", folder / "recipe.toml")
 
-    int8 = export["variants"].get("int8")
+    int8 = export["variants"]["int8"]
     card = {
         "name": f"{name}_{tag}",
         "model": name,
@@ -135,7 +140,7 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
             "test_images": plain["images"],
             "measured_with": "the released float16 weights loaded into float32, TensorFlow backend, CPU",
         },
-        "int8": None if int8 is None else {
+        "int8": {
             "file": int8["file"],
             "bytes": int8["bytes"],
             "test_top1": int8["verification"]["accuracy"],
@@ -149,7 +154,7 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
             "val_images": results["data"]["val_images"],
             "test": test_description,
         },
-        "recipe": {"file": "recipe.toml", "name": results["recipe"], "sha256": pretrained.sha256(folder / "recipe.toml")},
+        "recipe": {"file": "recipe.toml", "name": results["recipe"], "sha256": sha256(folder / "recipe.toml")},
         "training": {
             "epochs": results["epochs"],
             "train_seconds": results["train_seconds"],
@@ -179,7 +184,7 @@ def write_card(folder, card):
 
 def _file_entries(folder):
     return {
-        path.name: {"bytes": path.stat().st_size, "sha256": pretrained.sha256(path)}
+        path.name: {"bytes": path.stat().st_size, "sha256": sha256(path)}
         for path in sorted(folder.iterdir())
         if path.is_file() and path.name != pretrained.CARD
     }
@@ -212,12 +217,9 @@ def card_readme(card):
         f"- Architecture: `{card['model']}({options})`, {card['params']:,} parameters, {card['macs'] / 1e6:.1f}M MACs per image.",
         f"- Test top-1: **{acc['test_top1'] * 100:.2f}%** ({acc['test_top1_flip_tta'] * 100:.2f}% with flip TTA) "
         f"on {acc['test_images']:,} images: {card['data']['test']}; measured with {acc['measured_with']}.",
+        f"- int8 TFLite (`{int8['file']}`, {int8['bytes'] / 2**20:.2f} MiB): top-1 {int8['test_top1'] * 100:.2f}%, "
+        f"top-1 agreement with Keras {int8['agreement_with_keras'] * 100:.2f}% (details in `export.json`).",
     ]
-    if int8:
-        lines.append(
-            f"- int8 TFLite (`{int8['file']}`, {int8['bytes'] / 2**20:.2f} MiB): top-1 {int8['test_top1'] * 100:.2f}%, "
-            f"top-1 agreement with Keras {int8['agreement_with_keras'] * 100:.2f}% (details in `export.json`)."
-        )
     lines += [
         f"- Training: recipe `{card['recipe']['name']}` (`recipe.toml`, sha256 {card['recipe']['sha256'][:12]}…), "
         f"{training['epochs']} epochs in {training['train_seconds'] / 60:.1f} min on {training['hardware_summary']}; "

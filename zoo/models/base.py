@@ -222,7 +222,6 @@ def count_macs(model):
     return macs
 
 
-
 def options_of(model):
     """The builder options that shape `model`'s weights, read back from a model built by `build_model`."""
     names = {layer.name for layer in model.layers}
