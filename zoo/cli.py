@@ -159,8 +159,8 @@ def cmd_release(args):
     )
     print(
         f"released {card['model']}(weights={card['weights']!r}) -> {card['folder']}"
-        f"\ntest top-1 {_pct(card['accuracy']['test_top1'])} (flip TTA {_pct(card['accuracy']['test_top1_flip_tta'])})"
-        + (f", int8 {_pct(card['int8']['test_top1'])}" if card["int8"] else "")
+        f"\ntest top-1 {_pct(card['accuracy']['test_top1'])} (flip TTA {_pct(card['accuracy']['test_top1_flip_tta'])}), "
+        f"int8 {_pct(card['int8']['test_top1'])}"
     )
 
 
@@ -199,34 +199,11 @@ def cmd_export(args):
 
 
 def cmd_viz(args):
-    import json
+    from zoo import viz
 
-    import keras
-
-    from zoo import export, viz
-    from zoo.models import get_model, model_info
-
-    path = args.model
-    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.keras")):  # a run folder
-        path = os.path.join(path, "model.keras")
-    class_names = None
-    if os.path.isfile(path):
-        if args.weights:
-            raise ValueError(f"--weights applies to a model name, not to a file. Received: --weights {args.weights}")
-        model = keras.saving.load_model(path)
-        results = os.path.join(os.path.dirname(path), "results.json")
-        class_names = export.find_labels(path) or (
-            json.loads(open(results).read())["data"]["class_names"] if os.path.isfile(results) else None
-        )
-    else:
-        model_info(path)  # a registered name, else an error listing them
-        model = get_model(path, weights=args.weights)
-        if args.weights and not os.path.isfile(args.weights):
-            from zoo import pretrained
-
-            class_names = pretrained.card(path, args.weights)["data"]["classes"]
     if args.image is None and not args.filters:
         raise ValueError("Nothing to draw: give --image IMAGE (filters, feature maps and Grad-CAM), or --filters.")
+    model, class_names = viz.load_model(args.model, weights=args.weights)
     image = viz.load_image(args.image, model) if args.image else None
     items = viz.report(
         model, args.out, image=image, image_name=os.path.basename(args.image) if args.image else "image",
