@@ -2,10 +2,14 @@
 (shuffle + augmentation) against `model.fit` on the same uint8 images held in memory, no augmentation.
 
     python benchmarks/input_pipeline.py --data-dir ../shared/data/cifar10 --models lenet5 vgg11_bn
+
+On a shared 2-core machine one measurement swings by +-25%, so the two are measured alternately
+`--repeats` times and the ratio is taken between the medians.
 """
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,7 +46,7 @@ def measure(name, split, batch_size, epochs, pipeline):
     meter = Throughput(len(split))
     if pipeline:
         data = Batches(split, batch_size, augmentation={"crop_padding": 4, "flip": True})
-        model.fit(data, epochs=epochs, callbacks=[meter], verbose=0)
+        model.fit(data, shuffle=False, epochs=epochs, callbacks=[meter], verbose=0)  # as zoo.training does
     else:
         model.fit(split.images, split.labels, batch_size=batch_size, epochs=epochs, callbacks=[meter], verbose=0)
     return meter.images_per_second
@@ -55,13 +59,18 @@ def main():
     parser.add_argument("--images", type=int, default=10000, help="training images per epoch")
     parser.add_argument("--epochs", type=int, default=3, help="the first epoch is not timed")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each; medians compared")
     args = parser.parse_args()
     split = load_dataset(data_dir=args.data_dir, limit=args.images).train
     print(f"{'model':<14}{'in-memory img/s':>17}{'pipeline img/s':>16}{'ratio':>8}")
     for name in args.models:
-        plain = measure(name, split, args.batch_size, args.epochs, pipeline=False)
-        piped = measure(name, split, args.batch_size, args.epochs, pipeline=True)
+        runs = {False: [], True: []}
+        for _ in range(args.repeats):
+            for pipeline in (False, True):
+                runs[pipeline].append(measure(name, split, args.batch_size, args.epochs, pipeline))
+        plain, piped = statistics.median(runs[False]), statistics.median(runs[True])
         print(f"{name:<14}{plain:>17,.0f}{piped:>16,.0f}{piped / plain:>8.3f}", flush=True)
+        print(f"  each run, in-memory: {', '.join(f'{x:,.0f}' for x in runs[False])}; pipeline: {', '.join(f'{x:,.0f}' for x in runs[True])}", flush=True)
 
 
 if __name__ == "__main__":
