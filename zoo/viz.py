@@ -216,22 +216,22 @@ def plot_feature_maps(name, activations, path, max_channels=16):
 
 
 def plot_overview(maps, input_shape, path):
-    """Spatial size shrinking and channel count growing, block by block."""
+    """Spatial size shrinking (top) while the channel count grows (bottom), block by block."""
     plt = _pyplot()
     names = ["input", *(name for name, _ in maps)]
-    sizes = [input_shape[0], *(a.shape[0] for _, a in maps)]
+    sizes = [f"{input_shape[0]}x{input_shape[1]}", *(f"{a.shape[0]}x{a.shape[1]}" for _, a in maps)]
+    heights = [input_shape[0], *(a.shape[0] for _, a in maps)]
     channels = [input_shape[-1], *(a.shape[-1] for _, a in maps)]
-    fig, ax = plt.subplots(figsize=(max(5, len(names) * 1.1), 3.6))
-    ax.bar(names, channels, color="#8fb3d9", label="channels")
-    ax.set_ylabel("channels")
-    for i, (c, s) in enumerate(zip(channels, sizes)):
-        ax.text(i, c, f"{s}x{s}\n{c} ch", ha="center", va="bottom", fontsize=7)
-    twin = ax.twinx()
-    twin.plot(names, sizes, color="#c0392b", marker="o", label="height = width")
-    twin.set_ylabel("height = width (pixels)", color="#c0392b")
-    ax.set_ylim(0, max(channels) * 1.25)
-    ax.set_title("Deeper blocks: smaller maps, more channels", fontsize=10)
-    fig.autofmt_xdate(rotation=30)
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(max(5, len(names) * 1.1), 4.6))
+    top.plot(names, heights, color="#c0392b", marker="o")
+    for i, (h, label) in enumerate(zip(heights, sizes)):
+        top.annotate(label, (i, h), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    top.set(ylabel="map size (pixels)", ylim=(0, max(heights) * 1.3), title="Deeper blocks: smaller maps, more channels")
+    bottom.bar(names, channels, color="#8fb3d9")
+    for i, c in enumerate(channels):
+        bottom.annotate(str(c), (i, c), textcoords="offset points", xytext=(0, 2), ha="center", fontsize=8)
+    bottom.set(ylabel="channels", ylim=(0, max(channels) * 1.2))
+    plt.setp(bottom.get_xticklabels(), rotation=30, ha="right")
     _save(fig, path)
 
 
