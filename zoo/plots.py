@@ -6,7 +6,8 @@ import pathlib
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend: figures are written to files, no display needed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +18,7 @@ def _pyplot():
 
 def history_curves(history_csv, path):
     """Train/validation loss and accuracy per epoch, from a Keras CSVLogger file."""
-    plt = _pyplot()
+    plt = pyplot()
     with open(history_csv) as f:
         rows = list(csv.DictReader(f))
     epochs = [int(r["epoch"]) + 1 for r in rows]
@@ -34,7 +35,7 @@ def history_curves(history_csv, path):
 
 def confusion_matrix(matrix, class_names, path):
     """Row-normalised confusion matrix with the counts written in each cell."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(5, 0.6 * len(class_names))
@@ -57,4 +58,4 @@ def _save(fig, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)

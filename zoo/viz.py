@@ -21,8 +21,9 @@ import numpy as np
 
 import keras
 
+from zoo.data import COLOR_MODES
 from zoo.files import replace_folder
-from zoo.plots import _pyplot
+from zoo.plots import pyplot
 
 BLOCK_NAME = re.compile(r"^(block\d+)_")
 
@@ -165,7 +166,7 @@ def load_image(path, model):
     """A raw 0-255 image from a file, resized to the model's input; a VizError naming an undecodable file."""
     height, width, channels = model.input.shape[1:]
     try:
-        img = keras.utils.load_img(path, target_size=(height, width), color_mode={1: "grayscale", 3: "rgb", 4: "rgba"}[channels])
+        img = keras.utils.load_img(path, target_size=(height, width), color_mode=COLOR_MODES[channels])
     except FileNotFoundError:
         raise
     except Exception as e:  # PIL raises several types for a file that is not an image
@@ -185,7 +186,7 @@ def top_classes(model, image, k):
 
 
 def plot_filters(tiles, path, title):
-    plt = _pyplot()
+    plt = pyplot()
     columns = int(np.ceil(np.sqrt(len(tiles))))
     rows = int(np.ceil(len(tiles) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(columns * 0.9, rows * 0.9 + 0.6), squeeze=False)
@@ -200,7 +201,7 @@ def plot_filters(tiles, path, title):
 
 def plot_feature_maps(name, activations, path, max_channels=16):
     """The `max_channels` strongest channels (highest mean activation) of one layer's output."""
-    plt = _pyplot()
+    plt = pyplot()
     height, width, channels = activations.shape
     strongest = np.argsort(activations.mean(axis=(0, 1)))[::-1][:max_channels]
     columns = min(8, len(strongest))
@@ -217,7 +218,7 @@ def plot_feature_maps(name, activations, path, max_channels=16):
 
 def plot_overview(maps, input_shape, path):
     """Spatial size shrinking (top) while the channel count grows (bottom), block by block."""
-    plt = _pyplot()
+    plt = pyplot()
     names = ["input", *(name for name, _ in maps)]
     sizes = [f"{input_shape[0]}x{input_shape[1]}", *(f"{a.shape[0]}x{a.shape[1]}" for _, a in maps)]
     heights = [input_shape[0], *(a.shape[0] for _, a in maps)]
@@ -237,7 +238,7 @@ def plot_overview(maps, input_shape, path):
 
 def plot_grad_cam(image, cams, path):
     """The image, then one Grad-CAM overlay per `(label, probability, heat map)`."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(cams) + 1, figsize=(2.4 * (len(cams) + 1), 2.8), squeeze=False)
     shown = image if image.shape[-1] == 3 else image[..., 0]
     axes[0, 0].imshow(shown.astype("uint8"), cmap=None if image.shape[-1] == 3 else "gray")
@@ -254,7 +255,7 @@ def plot_grad_cam(image, cams, path):
 def _save(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 # The report ---------------------------------------------------------------------------------
