@@ -82,8 +82,9 @@ def test_readme_results_table_is_generated_from_the_cards(tmp_path):
 
 
 def test_card_options_fill_unset_options_and_conflicts_are_errors():
-    model = lenet5(weights="cifar10", classifier_activation="softmax")  # free: no weights depend on it
+    model = lenet5(weights="cifar10", classifier_activation="softmax", dropout=0.3)  # free: no weights depend on them
     assert model.output.shape[-1] == 10 and model.get_layer("block1_bn1") is not None
+    assert model.get_layer("fc1_drop").rate == 0.3
     with pytest.raises(ValueError, match=r"`num_classes` conflicts .* trained with num_classes=10.*Received: num_classes=100"):
         lenet5(weights="cifar10", num_classes=100)
     with pytest.raises(ValueError, match=r"`batch_norm` conflicts.*Received: batch_norm=False"):

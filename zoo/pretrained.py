@@ -16,6 +16,8 @@ SAVED_MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "saved_models"
 CARD = "model_card.json"
 # Options that only shape the classifier head: free to differ when the head is not built.
 HEAD_OPTIONS = ("num_classes", "fc_units", "dropout")
+# Options without weights of their own: the caller's value wins (e.g. more dropout for fine-tuning).
+FREE_OPTIONS = ("dropout",)
 
 
 def saved_models_dir():
@@ -71,8 +73,8 @@ def weights_file(card):
 def resolve_options(card, options):
     """The builder options for loading `card`'s weights: the caller's, completed with the card's.
 
-    An option the caller sets to another value than the card's is an error, except options of the
-    classifier head (and the input's height and width) when `include_top=False`.
+    An option the caller sets to another value than the card's is an error, except `dropout` (no
+    weights depend on it) and, with `include_top=False`, the head's options and the input's size.
     """
     include_top = options.get("include_top", True)
     resolved = dict(options)
@@ -81,7 +83,7 @@ def resolve_options(card, options):
             continue
         if key not in options:
             resolved[key] = value
-        elif _same(key, options[key], value, include_top):
+        elif key in FREE_OPTIONS or _same(key, options[key], value, include_top):
             continue
         else:
             raise ValueError(
