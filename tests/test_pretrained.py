@@ -107,6 +107,8 @@ def test_models_without_released_weights_say_which_have_them():
         vgg16(weights="cifar10")
     with pytest.raises(ValueError, match=r"Its released weights: cifar10.*Received: weights='imagenet'"):
         vgg16_bn(weights="imagenet")
+    with pytest.raises(ValueError, match=r"path to an existing weights file. Received: weights='missing/w.weights.h5'"):
+        vgg16_bn(weights="missing/w.weights.h5")  # a path, not a tag
 
 
 def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch):

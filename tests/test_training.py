@@ -108,8 +108,9 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, sma
 
     with monkeypatch.context() as m:
         m.setattr(training, "_fit", crash)
-        with pytest.raises(RuntimeError, match="the new run died"):
-            main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"])
+        for _ in range(2):  # a second --overwrite replaces the unfinished run, not the finished one
+            with pytest.raises(RuntimeError, match="the new run died"):
+                main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"])
     assert (previous / "results.json").read_bytes() == (trained_run / "results.json").read_bytes()
     assert main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"]) == 0
     assert f"previous run is kept in {previous}" in capsys.readouterr().out

@@ -9,11 +9,13 @@ options the way torchvision merges a weights enum's meta. Keras-free: the regist
 import json
 import os
 import pathlib
+import re
 
 from zoo.files import sha256
 
 SAVED_MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "saved_models"
 CARD = "model_card.json"
+TAG = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a weights tag such as "cifar10"; anything else is a path
 # Options that only shape the classifier head: free to differ when the head is not built.
 HEAD_OPTIONS = ("num_classes", "fc_units", "dropout")
 # Options without weights of their own: the caller's value wins (e.g. more dropout for fine-tuning).

@@ -10,7 +10,6 @@ the weights as released; the training figures are copied from the run's `results
 
 import json
 import pathlib
-import re
 import shutil
 import tempfile
 
@@ -64,7 +63,7 @@ def release(
     overwrite=False,
 ):
     """Release the best checkpoint of a finished run; returns the model card."""
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", tag or ""):
+    if not pretrained.TAG.fullmatch(tag or ""):
         raise ValueError(f"A weights tag is lower-case letters, digits, '_' and '-', like 'cifar10'. Received: tag={tag!r}")
     if "int8" not in quantize or set(quantize) - set(VARIANTS):
         raise ValueError(f"A release ships the int8 TFLite file, and may add {', '.join(v for v in VARIANTS if v != 'int8')}. Received: quantize={','.join(quantize)}")

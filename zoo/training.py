@@ -34,10 +34,12 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
     run_dir = pathlib.Path(run_dir)
     recipe_text = recipes.to_toml(recipe)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if overwrite:  # kept aside until the new run has finished
+        if overwrite:  # the last finished run is kept aside until the new one has finished
             previous = _previous(run_dir)
-            shutil.rmtree(previous, ignore_errors=True)
-            os.replace(run_dir, previous)
+            if previous.exists():  # run_dir is an unfinished replacement of it: only that goes
+                shutil.rmtree(run_dir)
+            else:
+                os.replace(run_dir, previous)
             print(f"--overwrite: the previous run is kept in {previous} until this one finishes", flush=True)
         elif (run_dir / "results.json").exists():
             raise RunFolderError(f"Run folder {run_dir} holds a finished run. Use another --out, or --overwrite to replace it.")

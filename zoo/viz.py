@@ -178,7 +178,7 @@ def top_classes(model, image, k):
     """`[(class index, probability)]` of the `k` most probable classes."""
     from zoo.evaluation import probabilities
 
-    probs = probabilities(model, _batch(model, image).astype("uint8"))[0]
+    probs = probabilities(model, _batch(model, image))[0]
     return [(int(i), float(probs[i])) for i in np.argsort(probs)[::-1][:k]]
 
 
