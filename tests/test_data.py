@@ -146,3 +146,17 @@ def test_batches_cover_every_image_once_per_epoch_and_reproduce():
     np.testing.assert_array_equal(resumed[2][1], second[32:48])
     x, y = Batches(split, 16, one_hot=50)[0]
     assert y.shape == (16, 50) and (y.sum(axis=1) == 1).all()
+
+
+def test_shards_split_every_global_batch_and_drop_the_incomplete_last_one():
+    split = Split(batch_of_distinct_images(n=50), np.arange(50, dtype="int32"))
+    whole = Batches(split, 16, seed=7, epoch=3)
+    shards = [Batches(split, 16, seed=7, epoch=3, shard=(i, 4)) for i in range(4)]
+    assert [len(s) for s in shards] == [3] * 4  # 50 images: 3 full batches of 16
+    for index in range(3):
+        parts = [s[index] for s in shards]
+        assert all(len(labels) == 4 for _, labels in parts)
+        np.testing.assert_array_equal(np.concatenate([labels for _, labels in parts]), whole[index][1])
+        np.testing.assert_array_equal(np.concatenate([images for images, _ in parts]), whole[index][0])
+    with pytest.raises(ValueError, match=r"shard=\(0, 3\)"):
+        Batches(split, 16, shard=(0, 3))

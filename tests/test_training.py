@@ -4,7 +4,9 @@ import csv
 import json
 import os
 import shutil
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +16,7 @@ import pytest
 from PIL import Image
 
 import keras
+from zoo import distribute
 from zoo.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -185,8 +188,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from zoo import distribute
+from zoo import distribute
 from zoo.cli import main
-scope, replicas = distribute.setup("mirrored")
+replicas = distribute.setup("mirrored").replicas
 assert replicas == 2, replicas
 raise SystemExit(main({[*quick_args(small_cifar10, tmp_path / "mirrored", epochs=1, limit=1000), "--strategy", "mirrored"]!r}))
 """
@@ -196,11 +200,95 @@ raise SystemExit(main({[*quick_args(small_cifar10, tmp_path / "mirrored", epochs
     assert json.loads((tmp_path / "mirrored" / "results.json").read_text())["test_accuracy"] > 0.1
 
 
-def test_multi_worker_strategy_is_refused_clearly(small_cifar10, tmp_path, capsys):
-    args = [*quick_args(small_cifar10, tmp_path / "mw", epochs=1), "--strategy", "multi_worker"]
-    assert main(args) == 2
-    assert "keras-team/keras#20585" in capsys.readouterr().err
+def test_tf_config_names_this_worker_and_the_chief():
+    worker = {"cluster": {"worker": ["a:1", "b:1", "c:1"]}, "task": {"type": "worker", "index": 2}}
+    assert distribute.tf_config({"TF_CONFIG": json.dumps(worker)}) == (2, False, 3)
+    worker["task"]["index"] = 0
+    assert distribute.tf_config({"TF_CONFIG": json.dumps(worker)}) == (0, True, 3)
+    with_chief = {"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}
+    assert distribute.tf_config({"TF_CONFIG": json.dumps(with_chief)}) == (1, False, 2)
+    with pytest.raises(ValueError, match="Received: TF_CONFIG unset"):
+        distribute.tf_config({})
+    with pytest.raises(ValueError, match="not a cluster and task description"):
+        distribute.tf_config({"TF_CONFIG": "{"})
+    worker["task"]["index"] = 3
+    with pytest.raises(ValueError, match="task is not in its cluster"):
+        distribute.tf_config({"TF_CONFIG": json.dumps(worker)})
+
+
+def test_multi_worker_without_tf_config_fails_before_any_work(small_cifar10, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert main([*quick_args(small_cifar10, tmp_path / "mw", epochs=1), "--strategy", "multi_worker"]) == 2
+    assert "needs TF_CONFIG" in capsys.readouterr().err
     assert not (tmp_path / "mw").exists()
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(args, tmp_dir):
+    """Two `zoo train --strategy multi_worker` processes on loopback ports; the chief first."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    tmp_dir.mkdir(exist_ok=True)
+    return [
+        zoo_process([*args, "--strategy", "multi_worker"], {
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}),
+            "TMPDIR": str(tmp_dir),  # where the non-chief keeps its scratch folder
+        })
+        for index in (0, 1)
+    ]
+
+
+def final_digests(workers, timeout=300):
+    outputs = [w.communicate(timeout=timeout)[0] for w in workers]
+    for worker, out in zip(workers, outputs):
+        assert worker.returncode == 0, out[-4000:]
+    return [re.findall(r"final weights sha256 ([0-9a-f]{64}), identical on all 2 replicas", out) for out in outputs], outputs
+
+
+MULTI_WORKER_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def multi_worker_run(small_cifar10, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("multi_worker")
+    digests, outputs = final_digests(start_workers(quick_args(small_cifar10, tmp / "run", MULTI_WORKER_EPOCHS, limit=0), tmp / "scratch"))
+    return tmp, digests, outputs
+
+
+def test_two_workers_on_loopback_train_a_recipe_and_end_with_identical_weights(multi_worker_run):
+    tmp, digests, outputs = multi_worker_run
+    assert len(digests[0]) == 1 and digests[0] == digests[1], outputs
+    results = json.loads((tmp / "run" / "results.json").read_text())
+    assert results["epochs"] == MULTI_WORKER_EPOCHS and results["test_accuracy"] > 0.1
+    assert epochs_logged(tmp / "run") == list(range(MULTI_WORKER_EPOCHS))
+    assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]  # only the chief writes
+    assert list((tmp / "scratch").iterdir()) == []  # the other worker's scratch folder is gone
+
+
+def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_worker_run, small_cifar10, tmp_path):
+    args = quick_args(small_cifar10, tmp_path / "run", MULTI_WORKER_EPOCHS, limit=0)
+    workers = start_workers(args, tmp_path / "scratch")
+    metadata = tmp_path / "run" / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1):
+        assert all(w.poll() is None for w in workers) and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate()
+    assert not (tmp_path / "run" / "results.json").exists()
+    digests, outputs = final_digests(start_workers(args, tmp_path / "scratch"))
+    start = json.loads((tmp_path / "run" / "results.json").read_text())["resumed_from_epoch"]
+    assert len(start) == 1 and all(f"resuming from epoch {start[0]}" in out for out in outputs)
+    assert digests[0] == digests[1] == multi_worker_run[1][0]  # as if never interrupted
 
 
 def test_short_lenet5_run_under_jax_with_data_parallel(small_cifar10, tmp_path):
@@ -213,6 +301,7 @@ class NoTensorFlow:  # as on the GPU machines, which have JAX but no TensorFlow
             raise ModuleNotFoundError(f"No module named {{name!r}}")
 
 sys.meta_path.insert(0, NoTensorFlow())
+from zoo import distribute
 from zoo.cli import main
 code = main({[*quick_args(small_cifar10, tmp_path / "jax", epochs=2), "--set", "data.batch_size=64", "--strategy", "mirrored"]!r})
 assert "tensorflow" not in sys.modules

@@ -233,15 +233,20 @@ def one_hot(labels, num_classes):
 class Batches(keras.utils.PyDataset):
     """Shuffled, augmented batches of a `Split`, reproducible from (`seed`, epoch, batch index).
 
-    Labels are sparse ints, or one-hot vectors of length `one_hot` when it is given.
+    Labels are sparse ints, or one-hot vectors of length `one_hot` when it is given. With
+    `shard=(i, n)` each batch is the i-th of n equal parts of a global batch of `batch_size`
+    images (one replica's share in multi-worker training) and an incomplete last batch is dropped.
 
     Every draw depends only on those three numbers, so a run resumed at epoch k sees exactly
     the batches an uninterrupted run would have seen.
     """
 
-    def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, **kwargs):
+    def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, shard=None, **kwargs):
         super().__init__(**kwargs)
         self.split, self.batch_size, self.seed, self.one_hot = split, batch_size, seed, one_hot
+        if shard is not None and (batch_size % shard[1] or not 0 <= shard[0] < shard[1]):
+            raise ValueError(f"A shard is (index, count) with count dividing the batch size {batch_size}. Received: shard={shard!r}")
+        self.shard = shard
         self.augmentation = augmentation
         self.epoch = epoch
         self._order = self._permutation()
@@ -250,13 +255,20 @@ class Batches(keras.utils.PyDataset):
         return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.split))
 
     def __len__(self):
+        if self.shard:
+            return len(self.split) // self.batch_size
         return -(-len(self.split) // self.batch_size)
 
     def __getitem__(self, index):
         chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        stream = [self.seed, self.epoch, index, 1]
+        if self.shard:
+            part, parts = self.shard
+            chosen = chosen[part * len(chosen) // parts : (part + 1) * len(chosen) // parts]
+            stream.append(part)
         images = self.split.images[chosen]
         if self.augmentation is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index, 1])
+            rng = np.random.default_rng(stream)
             images = augment(images, rng, **self.augmentation)
         labels = self.split.labels[chosen]
         return images, labels if self.one_hot is None else one_hot(labels, self.one_hot)

@@ -11,6 +11,7 @@ import os
 import pathlib
 import shutil
 import sys
+import tempfile
 import time
 
 import keras
@@ -165,10 +166,10 @@ class RunState(keras.callbacks.Callback):
             self.state["epoch"] = epoch + 1
         write_text_atomically(self.path, json.dumps(self.state))
         per_epoch = self.state["train_seconds"] / (epoch + 1)
+        validation = f"val_accuracy {logs['val_accuracy']:.4f}, " if "val_accuracy" in logs else ""
         print(
             f"epoch {epoch + 1}/{self.epochs}: {seconds:.0f}s, loss {logs.get('loss', float('nan')):.4f}, "
-            f"val_accuracy {logs.get('val_accuracy', float('nan')):.4f}, "
-            f"ETA {_duration(per_epoch * (self.epochs - epoch - 1))}",
+            f"{validation}ETA {_duration(per_epoch * (self.epochs - epoch - 1))}",
             flush=True,
         )
 
@@ -200,27 +201,57 @@ def _best_val_accuracy(history_csv):
 
 
 def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
-    """Train `recipe` (a resolved recipe dict) into `run_dir`; resume if it holds a backup. Returns results."""
+    """Train `recipe` (a resolved recipe dict) into `run_dir`; resume if it holds a backup.
+
+    Returns the results (None on the non-chief workers of a multi-worker run, which write nothing).
+    """
     from zoo import distribute
 
-    run_dir = pathlib.Path(run_dir)
-    scope, replicas = distribute.setup(strategy)  # first: multi-worker needs an untouched runtime
+    dist = distribute.setup(strategy)  # first: multi-worker needs an untouched runtime
     image_size = tuple(recipe["data"]["image_size"])
     build_model(recipe, (*image_size, 3), num_classes=2)  # fails fast on a bad model section
-    initial_epoch = prepare_run_folder(run_dir, recipe, overwrite)
+    if not dist.chief:  # a non-chief worker keeps no run folder: it follows the chief's
+        initial_epoch = _chief_epoch(dist)
+        worker_dir = tempfile.mkdtemp(prefix=f"zoo-worker{dist.worker}-")
+        try:
+            return _train(recipe, pathlib.Path(worker_dir), initial_epoch, dist, verbose)
+        finally:
+            shutil.rmtree(worker_dir, ignore_errors=True)
+    run_dir = pathlib.Path(run_dir)
+    try:
+        initial_epoch = prepare_run_folder(run_dir, recipe, overwrite)
+    except BaseException:
+        if dist.strategy is not None:  # the other workers wait for the epoch: tell them not to start
+            _chief_epoch(dist, -1)
+        raise
+    if dist.strategy is not None:
+        _chief_epoch(dist, initial_epoch)
+    return _train(recipe, run_dir, initial_epoch, dist, verbose)
+
+
+def _chief_epoch(dist, epoch=0):
+    """The epoch the chief starts from, on every worker of a multi-worker run (-1: it cannot start)."""
+    from zoo import multi_worker
+
+    epoch = int(multi_worker.chief_value(dist.strategy, epoch))
+    if epoch < 0 and not dist.chief:
+        raise RunFolderError("The chief worker cannot use its run folder (its log says why), so this worker stops too.")
+    return epoch
+
+
+def _train(recipe, run_dir, initial_epoch, dist, verbose):
     if initial_epoch:
         print(f"resuming from epoch {initial_epoch}", flush=True)
-
     keras.utils.set_random_seed(recipe["training"]["seed"])
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(resolve_precision(recipe["training"]["precision"]))
     try:
-        return _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose)
+        return _fit(recipe, run_dir, initial_epoch, dist, verbose)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose):
+def _fit(recipe, run_dir, initial_epoch, dist, verbose):
     epochs = recipe["training"]["epochs"]
     image_size = tuple(recipe["data"]["image_size"])
     data_cfg = recipe["data"]
@@ -233,39 +264,56 @@ def _fit(recipe, run_dir, initial_epoch, scope, replicas, verbose):
         seed=recipe["training"]["seed"],
         limit=data_cfg["limit"] or None,
     )
-    batch_size = data_cfg["batch_size"] * replicas
     num_classes = len(dataset.class_names)
-    batches = Batches(
-        dataset.train, batch_size, seed=recipe["training"]["seed"], augmentation=recipe["augment"],
-        epoch=initial_epoch, one_hot=num_classes,  # one-hot for label smoothing
-    )
-    with scope():
+
+    def batches(shard=None):
+        return Batches(
+            dataset.train, data_cfg["batch_size"] * dist.replicas, seed=recipe["training"]["seed"],
+            augmentation=recipe["augment"], epoch=initial_epoch, one_hot=num_classes,  # one-hot for label smoothing
+            shard=shard,
+        )
+
+    train_batches = batches((0, dist.replicas) if dist.strategy else None)
+    label_smoothing = recipe["training"]["label_smoothing"]
+    with dist.scope():
         model = build_model(recipe, (*image_size, 3), num_classes)
         model.compile(
-            optimizer=make_optimizer(recipe, len(batches)),
-            loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe["training"]["label_smoothing"]),
+            optimizer=make_optimizer(recipe, len(train_batches)),
+            loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
             metrics=["accuracy"],
         )
-    callbacks = [
-        BestCheckpoint(run_dir / "model.keras", best=_best_val_accuracy(run_dir / "history.csv")),
-        keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
-        nan_guard := StopOnNaN(),
-        RunState(run_dir / STATE, initial_epoch, epochs),
-    ]
-    if keras.backend.backend() == "tensorflow":
-        callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
-    # Last, so an epoch counts as done only once everything above has been written for it.
-    callbacks.append(keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True))
-    if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
-        verbose = 1 if sys.stdout.isatty() else 0
-    model.fit(
-        batches,
-        shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
-        validation_data=(dataset.val.images, one_hot(dataset.val.labels, num_classes)),
-        epochs=epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-    )
+    validation = (dataset.val.images, one_hot(dataset.val.labels, num_classes))
+    nan_guard = StopOnNaN()
+    callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
+    if dist.chief:
+        callbacks[:0] = [
+            BestCheckpoint(run_dir / "model.keras", best=_best_val_accuracy(run_dir / "history.csv")),
+            keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
+        ]
+        if keras.backend.backend() == "tensorflow":
+            callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
+        # Last, so an epoch counts as done only once everything above has been written for it.
+        callbacks.append(keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True))
+    if dist.strategy is not None:
+        from zoo import multi_worker
+
+        multi_worker.fit(
+            model, batches, strategy=dist.strategy, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+            validation=validation if dist.chief else None, label_smoothing=label_smoothing,
+        )
+        if not dist.chief:
+            return None
+    else:
+        if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
+            verbose = 1 if sys.stdout.isatty() else 0
+        model.fit(
+            train_batches,
+            shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
+            validation_data=validation,
+            epochs=epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
     return finish(run_dir, recipe, dataset, stopped_by_nan=nan_guard.stopped)
 
 
