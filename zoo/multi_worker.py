@@ -26,12 +26,12 @@ def weights_sha256(model):
     return digest.hexdigest()
 
 
-def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, validation=None, label_smoothing=0.0):
+def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, validation=None, label_smoothing=0.0, verbose=0):
     """Train the compiled `model` (built in `strategy.scope()`) from `initial_epoch` to `epochs`.
 
     make_batches((replica, replicas)) gives that replica's `Batches`, starting at `initial_epoch`;
     `validation` is (images, one-hot labels), evaluated after every epoch (None: not on this
-    worker). Returns the sha256 of the final weights, the same on every worker (else RuntimeError).
+    worker); `verbose=1` adds a progress bar. Returns the sha256 of the final weights, the same on every worker (else RuntimeError).
     """
     replicas = strategy.num_replicas_in_sync
     local_ids = [int(i) for i in strategy.experimental_local_results(
@@ -78,7 +78,8 @@ def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, vali
             for k in (0, 1)
         )
 
-    callbacks = keras.callbacks.CallbackList(callbacks, model=model, epochs=epochs, steps=steps, verbose=0)
+    callbacks = keras.callbacks.CallbackList(
+        callbacks, add_progbar=bool(verbose), model=model, epochs=epochs, steps=steps, verbose=verbose)
     model.stop_training = False
     callbacks.on_train_begin()  # the chief's BackupAndRestore restores the weights and optimizer state here
     _copy_from_chief(strategy, [*model.variables, *optimizer.variables])

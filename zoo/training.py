@@ -294,18 +294,18 @@ def _fit(recipe, run_dir, initial_epoch, dist, verbose):
             callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs"))
         # Last, so an epoch counts as done only once everything above has been written for it.
         callbacks.append(keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True))
+    if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
+        verbose = 1 if sys.stdout.isatty() else 0
     if dist.strategy is not None:
         from zoo import multi_worker
 
         multi_worker.fit(
             model, batches, strategy=dist.strategy, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
-            validation=validation if dist.chief else None, label_smoothing=label_smoothing,
+            validation=validation if dist.chief else None, label_smoothing=label_smoothing, verbose=verbose,
         )
         if not dist.chief:
             return None
     else:
-        if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
-            verbose = 1 if sys.stdout.isatty() else 0
         model.fit(
             train_batches,
             shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
