@@ -39,13 +39,13 @@ class Throughput(keras.callbacks.Callback):
         return self.images_per_epoch * (len(self.times) - 1) / sum(self.times[1:])
 
 
-def measure(name, split, batch_size, epochs, pipeline):
+def measure(name, split, batch_size, epochs, pipeline, threads=1):
     keras.utils.set_random_seed(0)
     model = zoo.get_model(name)
     model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     meter = Throughput(len(split))
     if pipeline:
-        data = Batches(split, batch_size, augmentation={"crop_padding": 4, "flip": True})
+        data = Batches(split, batch_size, augmentation={"crop_padding": 4, "flip": True}, threads=threads)
         model.fit(data, shuffle=False, epochs=epochs, callbacks=[meter], verbose=0)  # as zoo.training does
     else:
         model.fit(split.images, split.labels, batch_size=batch_size, epochs=epochs, callbacks=[meter], verbose=0)
@@ -60,6 +60,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=3, help="the first epoch is not timed")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements of each; medians compared")
+    parser.add_argument("--threads", type=int, default=1, help="threads preparing batches ahead (zoo train --data-threads)")
     args = parser.parse_args()
     split = load_dataset(data_dir=args.data_dir, limit=args.images).train
     print(f"{'model':<14}{'in-memory img/s':>17}{'pipeline img/s':>16}{'ratio':>8}")
@@ -67,7 +68,7 @@ def main():
         runs = {False: [], True: []}
         for _ in range(args.repeats):
             for pipeline in (False, True):
-                runs[pipeline].append(measure(name, split, args.batch_size, args.epochs, pipeline))
+                runs[pipeline].append(measure(name, split, args.batch_size, args.epochs, pipeline, args.threads))
         plain, piped = statistics.median(runs[False]), statistics.median(runs[True])
         print(f"{name:<14}{plain:>17,.0f}{piped:>16,.0f}{piped / plain:>8.3f}", flush=True)
         print(f"  each run, in-memory: {', '.join(f'{x:,.0f}' for x in runs[False])}; pipeline: {', '.join(f'{x:,.0f}' for x in runs[True])}", flush=True)

@@ -2,6 +2,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from zoo.cli import main
 
 
@@ -43,3 +45,10 @@ def test_python_m_recipes_is_zoo_train():
     result = subprocess.run([sys.executable, "-m", "recipes", "vgg99_cifar10"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "zoo train: error: Unknown recipe 'vgg99_cifar10'" in result.stderr
+
+
+def test_data_threads_must_be_a_positive_whole_number(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "lenet5_cifar10", "--data-threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--data-threads: expected a whole number >= 1. Received: '0'" in capsys.readouterr().err

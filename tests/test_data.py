@@ -148,6 +148,23 @@ def test_batches_cover_every_image_once_per_epoch_and_reproduce():
     assert y.shape == (16, 50) and (y.sum(axis=1) == 1).all()
 
 
+def test_batches_prepared_ahead_in_threads_are_the_same_batches():
+    split = Split(batch_of_distinct_images(n=50), np.arange(50, dtype="int32"))
+    augmentation = {"crop_padding": 2, "flip": True, "cutout": 4}
+    one, three = (Batches(split, 8, seed=7, augmentation=augmentation, threads=t) for t in (1, 3))
+    for batches in (one, three):  # as Keras uses them: peeks, an extra on_epoch_end, then epochs pinned
+        batches[0], batches[1]
+        batches.on_epoch_end()
+    for epoch, indices in ((0, range(7)), (1, range(7)), (1, [3, 0, 6]), (5, [6, 5])):
+        one.set_epoch(epoch)
+        three.set_epoch(epoch)
+        for i in indices:
+            for a, b in zip(one[i], three[i]):
+                np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="Received: threads=0"):
+        Batches(split, 8, threads=0)
+
+
 def test_shards_split_every_global_batch_and_drop_the_incomplete_last_one():
     split = Split(batch_of_distinct_images(n=50), np.arange(50, dtype="int32"))
     whole = Batches(split, 16, seed=7, epoch=3)

@@ -159,9 +159,9 @@ def test_kill_9_then_resume_continues_and_matches_an_uninterrupted_run(small_cif
     assert done is None
 
 
-def test_two_seeded_runs_give_identical_weights(small_cifar10, tmp_path):
-    for name in ("a", "b"):
-        assert main([*quick_args(small_cifar10, tmp_path / name, epochs=1, limit=1000)]) == 0
+def test_two_seeded_runs_give_identical_weights_with_one_or_two_data_threads(small_cifar10, tmp_path):
+    for name, threads in (("a", "1"), ("b", "2")):
+        assert main([*quick_args(small_cifar10, tmp_path / name, epochs=2, limit=1000), "--data-threads", threads]) == 0
     for a, b in zip(weights_of(tmp_path / "a" / "model.keras"), weights_of(tmp_path / "b" / "model.keras")):
         np.testing.assert_array_equal(a, b)
 

@@ -98,6 +98,16 @@ def cmd_info(args):
     print(_table(rows, ("layer", "type", "output shape", "params")))
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1. Received: {text!r}")
+    return value
+
+
 def cmd_train(args):
     from zoo import recipe as recipes
     from zoo.training import train
@@ -111,7 +121,7 @@ def cmd_train(args):
         overrides.append(f"training.epochs={args.epochs}")
     recipe = recipes.load(args.recipe, overrides)
     out = args.out or os.path.join("runs", recipe["name"])
-    train(recipe, out, overwrite=args.overwrite, strategy=args.strategy)
+    train(recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads)
 
 
 def cmd_eval(args):
@@ -296,6 +306,7 @@ def build_parser():
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or different run in --out")
     p.add_argument("--strategy", choices=("mirrored", "multi_worker"), help="train on all local GPUs, or on the workers of TF_CONFIG")
+    p.add_argument("--data-threads", type=_positive_int, default=1, help="threads preparing batches ahead (results do not depend on it; default: 1)")
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix of a .keras model")

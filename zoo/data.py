@@ -238,21 +238,29 @@ class Batches(keras.utils.PyDataset):
     images (one replica's share in multi-worker training) and an incomplete last batch is dropped.
 
     Every draw depends only on those three numbers, so a run resumed at epoch k sees exactly
-    the batches an uninterrupted run would have seen.
+    the batches an uninterrupted run would have seen, and `threads` > 1 (that many batches
+    prepared ahead, in threads) changes nothing but speed. Training pins the epoch with
+    `set_epoch` (see `EpochSync`): Keras calls `on_epoch_end` once more before the first epoch.
     """
 
-    def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, shard=None, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, shard=None, threads=1):
+        super().__init__()  # Keras' own worker threads would mix up epochs; prefetching is done here
         self.split, self.batch_size, self.seed, self.one_hot = split, batch_size, seed, one_hot
         if shard is not None and (batch_size % shard[1] or not 0 <= shard[0] < shard[1]):
             raise ValueError(f"A shard is (index, count) with count dividing the batch size {batch_size}. Received: shard={shard!r}")
-        self.shard = shard
-        self.augmentation = augmentation
-        self.epoch = epoch
-        self._order = self._permutation()
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a whole number >= 1. Received: threads={threads!r}")
+        self.shard, self.augmentation, self.threads = shard, augmentation, threads
+        self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
+        self._ahead = {}  # (epoch, index) -> future
+        self.set_epoch(epoch)
 
-    def _permutation(self):
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.split))
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
 
     def __len__(self):
         if self.shard:
@@ -260,19 +268,36 @@ class Batches(keras.utils.PyDataset):
         return -(-len(self.split) // self.batch_size)
 
     def __getitem__(self, index):
-        chosen = self._order[index * self.batch_size : (index + 1) * self.batch_size]
-        stream = [self.seed, self.epoch, index, 1]
+        if self._pool is None:
+            return self._batch(self._order, self.epoch, index)
+        wanted = [(self.epoch, i) for i in range(index, min(index + self.threads, len(self)))]
+        for key in set(self._ahead) - set(wanted):  # other epochs, or already taken
+            self._ahead.pop(key).cancel()
+        for key in wanted:
+            if key not in self._ahead:
+                self._ahead[key] = self._pool.submit(self._batch, self._order, *key)
+        return self._ahead.pop(wanted[0]).result()
+
+    def _batch(self, order, epoch, index):
+        chosen = order[index * self.batch_size : (index + 1) * self.batch_size]
+        stream = [self.seed, epoch, index, 1]
         if self.shard:
             part, parts = self.shard
             chosen = chosen[part * len(chosen) // parts : (part + 1) * len(chosen) // parts]
             stream.append(part)
         images = self.split.images[chosen]
         if self.augmentation is not None:
-            rng = np.random.default_rng(stream)
-            images = augment(images, rng, **self.augmentation)
+            images = augment(images, np.random.default_rng(stream), **self.augmentation)
         labels = self.split.labels[chosen]
         return images, labels if self.one_hot is None else one_hot(labels, self.one_hot)
 
-    def on_epoch_end(self):
-        self.epoch += 1
-        self._order = self._permutation()
+
+class EpochSync(keras.callbacks.Callback):
+    """Sets the epoch of `Batches` from `fit`'s own epoch number as each epoch begins."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = batches
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)

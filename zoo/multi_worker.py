@@ -9,7 +9,6 @@ checking that every replica holds identical weights. Only the chief keeps a run 
 others take its resume point (epoch, weights, optimizer state) from it when training starts.
 """
 
-import concurrent.futures
 import hashlib
 
 import numpy as np
@@ -29,7 +28,7 @@ def weights_sha256(model):
 def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, validation=None, label_smoothing=0.0, verbose=0):
     """Train the compiled `model` (built in `strategy.scope()`) from `initial_epoch` to `epochs`.
 
-    make_batches((replica, replicas)) gives that replica's `Batches`, starting at `initial_epoch`;
+    make_batches((replica, replicas)) gives that replica's `Batches` (they prepare batches ahead);
     `validation` is (images, one-hot labels), evaluated after every epoch (None: not on this
     worker); `verbose=1` adds a progress bar. Returns the sha256 of the final weights, the same on every worker (else RuntimeError).
     """
@@ -84,33 +83,29 @@ def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, vali
     callbacks.on_train_begin()  # the chief's BackupAndRestore restores the weights and optimizer state here
     _copy_from_chief(strategy, [*model.variables, *optimizer.variables])
     logs = {}
-    with concurrent.futures.ThreadPoolExecutor(1) as prefetcher:
-        for epoch in range(initial_epoch, epochs):
-            callbacks.on_epoch_begin(epoch)
-            loss_total = correct_total = 0.0
-            upcoming = prefetcher.submit(fetch, 0)
-            for step in range(steps):
-                images, labels = upcoming.result()
-                if step + 1 < steps:
-                    upcoming = prefetcher.submit(fetch, step + 1)
-                callbacks.on_train_batch_begin(step)
-                loss_sum, correct = train_step(images, labels)
-                loss_total, correct_total = loss_total + loss_sum, correct_total + correct
-                seen = (step + 1) * global_batch
-                logs = {"loss": loss_total / seen, "accuracy": correct_total / seen}
-                callbacks.on_train_batch_end(step, logs)
-                if model.stop_training:  # every worker sees the same all-reduced loss, so all stop here
-                    break
-            logs = {name: float(value) for name, value in logs.items()}
-            if statistics:
-                average_statistics()
-            if validation is not None:
-                logs.update(_validate(forward, *validation, per_example_loss, global_batch))
-            callbacks.on_epoch_end(epoch, logs)
-            for shard in shards.values():
-                shard.on_epoch_end()
-            if model.stop_training:
+    for epoch in range(initial_epoch, epochs):
+        callbacks.on_epoch_begin(epoch)
+        for shard in shards.values():
+            shard.set_epoch(epoch)
+        loss_total = correct_total = 0.0
+        for step in range(steps):
+            images, labels = fetch(step)
+            callbacks.on_train_batch_begin(step)
+            loss_sum, correct = train_step(images, labels)
+            loss_total, correct_total = loss_total + loss_sum, correct_total + correct
+            seen = (step + 1) * global_batch
+            logs = {"loss": loss_total / seen, "accuracy": correct_total / seen}
+            callbacks.on_train_batch_end(step, logs)
+            if model.stop_training:  # every worker sees the same all-reduced loss, so all stop here
                 break
+        logs = {name: float(value) for name, value in logs.items()}
+        if statistics:
+            average_statistics()
+        if validation is not None:
+            logs.update(_validate(forward, *validation, per_example_loss, global_batch))
+        callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
     callbacks.on_train_end(logs)
     return _agreed_weights_sha256(model, strategy)
 

@@ -17,7 +17,7 @@ import time
 import keras
 
 from zoo import recipe as recipes
-from zoo.data import Batches, load_dataset, one_hot
+from zoo.data import Batches, EpochSync, load_dataset, one_hot
 from zoo.models import get_model
 from zoo.evaluation import evaluate, hardware, versions
 from zoo.files import write_atomically, write_text_atomically
@@ -200,13 +200,18 @@ def _best_val_accuracy(history_csv):
     return max((float(r.split(",")[column]) for r in rows), default=-math.inf)
 
 
-def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
+def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, verbose="auto"):
     """Train `recipe` (a resolved recipe dict) into `run_dir`; resume if it holds a backup.
+
+    `data_threads` threads prepare batches ahead of the training step (each batch depends only on the
+    seed, epoch and index, so results do not depend on it).
 
     Returns the results (None on the non-chief workers of a multi-worker run, which write nothing).
     """
     from zoo import distribute
 
+    if not isinstance(data_threads, int) or data_threads < 1:
+        raise ValueError(f"data_threads must be a whole number >= 1. Received: data_threads={data_threads!r}")
     dist = distribute.setup(strategy)  # first: multi-worker needs an untouched runtime
     image_size = tuple(recipe["data"]["image_size"])
     build_model(recipe, (*image_size, 3), num_classes=2)  # fails fast on a bad model section
@@ -214,7 +219,7 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
         initial_epoch = _chief_epoch(dist)
         worker_dir = tempfile.mkdtemp(prefix=f"zoo-worker{dist.worker}-")
         try:
-            return _train(recipe, pathlib.Path(worker_dir), initial_epoch, dist, verbose)
+            return _train(recipe, pathlib.Path(worker_dir), initial_epoch, dist, data_threads, verbose)
         finally:
             shutil.rmtree(worker_dir, ignore_errors=True)
     run_dir = pathlib.Path(run_dir)
@@ -226,7 +231,7 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, verbose="auto"):
         raise
     if dist.strategy is not None:
         _chief_epoch(dist, initial_epoch)
-    return _train(recipe, run_dir, initial_epoch, dist, verbose)
+    return _train(recipe, run_dir, initial_epoch, dist, data_threads, verbose)
 
 
 def _chief_epoch(dist, epoch=0):
@@ -239,19 +244,19 @@ def _chief_epoch(dist, epoch=0):
     return epoch
 
 
-def _train(recipe, run_dir, initial_epoch, dist, verbose):
+def _train(recipe, run_dir, initial_epoch, dist, data_threads, verbose):
     if initial_epoch:
         print(f"resuming from epoch {initial_epoch}", flush=True)
     keras.utils.set_random_seed(recipe["training"]["seed"])
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(resolve_precision(recipe["training"]["precision"]))
     try:
-        return _fit(recipe, run_dir, initial_epoch, dist, verbose)
+        return _fit(recipe, run_dir, initial_epoch, dist, data_threads, verbose)
     finally:
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _fit(recipe, run_dir, initial_epoch, dist, verbose):
+def _fit(recipe, run_dir, initial_epoch, dist, data_threads, verbose):
     epochs = recipe["training"]["epochs"]
     image_size = tuple(recipe["data"]["image_size"])
     data_cfg = recipe["data"]
@@ -270,7 +275,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, verbose):
         return Batches(
             dataset.train, data_cfg["batch_size"] * dist.replicas, seed=recipe["training"]["seed"],
             augmentation=recipe["augment"], epoch=initial_epoch, one_hot=num_classes,  # one-hot for label smoothing
-            shard=shard,
+            shard=shard, threads=data_threads,
         )
 
     train_batches = batches((0, dist.replicas) if dist.strategy else None)
@@ -284,7 +289,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, verbose):
         )
     validation = (dataset.val.images, one_hot(dataset.val.labels, num_classes))
     nan_guard = StopOnNaN()
-    callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
+    callbacks = [EpochSync(train_batches), nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
     if dist.chief:
         callbacks[:0] = [
             BestCheckpoint(run_dir / "model.keras", best=_best_val_accuracy(run_dir / "history.csv")),
