@@ -251,8 +251,7 @@ class Batches(keras.utils.PyDataset):
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a whole number >= 1. Received: threads={threads!r}")
         self.shard, self.augmentation, self.threads = shard, augmentation, threads
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads) if threads > 1 else None
-        self._ahead = {}  # (epoch, index) -> future
+        self._pool, self._ahead = None, {}  # threads, and (epoch, index) -> future, once used
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch):
@@ -268,8 +267,10 @@ class Batches(keras.utils.PyDataset):
         return -(-len(self.split) // self.batch_size)
 
     def __getitem__(self, index):
-        if self._pool is None:
+        if self.threads == 1:
             return self._batch(self._order, self.epoch, index)
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
         wanted = [(self.epoch, i) for i in range(index, min(index + self.threads, len(self)))]
         for key in set(self._ahead) - set(wanted):  # other epochs, or already taken
             self._ahead.pop(key).cancel()

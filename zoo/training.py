@@ -289,7 +289,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, data_threads, verbose):
         )
     validation = (dataset.val.images, one_hot(dataset.val.labels, num_classes))
     nan_guard = StopOnNaN()
-    callbacks = [EpochSync(train_batches), nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
+    callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
     if dist.chief:
         callbacks[:0] = [
             BestCheckpoint(run_dir / "model.keras", best=_best_val_accuracy(run_dir / "history.csv")),
@@ -311,6 +311,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, data_threads, verbose):
         if not dist.chief:
             return None
     else:
+        callbacks.insert(0, EpochSync(train_batches))
         model.fit(
             train_batches,
             shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
