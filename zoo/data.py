@@ -218,11 +218,11 @@ def augment(images, rng, *, crop_padding=4, flip=True, cutout=0):
         out = out.copy() if out is images else out
         out[flipped] = out[flipped, :, ::-1]
     if cutout:
-        top = rng.integers(-(cutout // 2), h - cutout // 2, size=(n, 1, 1))
-        left = rng.integers(-(cutout // 2), w - cutout // 2, size=(n, 1, 1))
-        r, c = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
-        inside = (r >= top) & (r < top + cutout) & (c >= left) & (c < left + cutout)
-        out = np.where(inside[..., None], np.uint8(0), out)
+        top = rng.integers(-(cutout // 2), h - cutout // 2, size=n)
+        left = rng.integers(-(cutout // 2), w - cutout // 2, size=n)
+        out = out.copy() if out is images else out
+        for image, y, x in zip(out, top, left):  # a slice per image: faster than any mask here
+            image[max(y, 0) : y + cutout, max(x, 0) : x + cutout] = 0
     return out
 
 
