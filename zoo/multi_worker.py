@@ -30,7 +30,8 @@ def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, vali
 
     make_batches((replica, replicas)) gives that replica's `Batches` (they prepare batches ahead);
     `validation` is (images, one-hot labels), evaluated after every epoch (None: not on this
-    worker); `verbose=1` adds a progress bar. Returns the sha256 of the final weights, the same on every worker (else RuntimeError).
+    worker); `verbose=1` adds a progress bar. Returns the sha256 of the final weights, the same
+    on every worker (else RuntimeError).
     """
     replicas = strategy.num_replicas_in_sync
     local_ids = [int(i) for i in strategy.experimental_local_results(
