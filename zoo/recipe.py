@@ -67,6 +67,32 @@ CHOICES = {
 }
 
 
+def _positive_ints(count=None):
+    return lambda v: (count is None or len(v) == count) and all(type(i) is int and i >= 1 for i in v)
+
+
+# (section, key) -> (what is valid, in words; test). Checked after the type, before any work.
+RANGES = {
+    ("model", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
+    ("model", "fc_units"): ("a list of integers >= 1", _positive_ints()),
+    ("data", "image_size"): ("[height, width], integers >= 1", _positive_ints(2)),
+    ("data", "validation_size"): (">= 0", lambda v: v >= 0),
+    ("data", "batch_size"): (">= 1", lambda v: v >= 1),
+    ("data", "limit"): (">= 0 (0: all images)", lambda v: v >= 0),
+    ("augment", "crop_padding"): (">= 0 (0: off)", lambda v: v >= 0),
+    ("augment", "cutout"): (">= 0 (0: off)", lambda v: v >= 0),
+    ("optimizer", "learning_rate"): ("> 0", lambda v: v > 0),
+    ("optimizer", "momentum"): ("in [0, 1)", lambda v: 0 <= v < 1),
+    ("optimizer", "weight_decay"): (">= 0", lambda v: v >= 0),
+    ("schedule", "warmup_epochs"): (">= 0", lambda v: v >= 0),
+    ("schedule", "final_fraction"): ("in [0, 1]", lambda v: 0 <= v <= 1),
+    ("training", "epochs"): (">= 1", lambda v: v >= 1),
+    ("training", "label_smoothing"): ("in [0, 1)", lambda v: 0 <= v < 1),
+    ("training", "seed"): (">= 0", lambda v: v >= 0),
+    ("expected", "test_accuracy"): ("in [0, 1]", lambda v: 0 <= v <= 1),
+}
+
+
 class RecipeError(ValueError):
     """A recipe that does not match the schema."""
 
@@ -160,6 +186,9 @@ def _check(section, key, value, kind, source):
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
         raise RecipeError(f"{source}: {_dotted(section, key)} must be one of {', '.join(choices)}. Received: {_dotted(section, key)}={value!r}")
+    valid, test = RANGES.get((section, key), (None, None))
+    if test and not test(value):
+        raise RecipeError(f"{source}: {_dotted(section, key)} must be {valid}. Received: {_dotted(section, key)}={value!r}")
     return value
 
 
