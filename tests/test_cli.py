@@ -47,8 +47,19 @@ def test_python_m_recipes_is_zoo_train():
     assert "zoo train: error: Unknown recipe 'vgg99_cifar10'" in result.stderr
 
 
-def test_data_threads_must_be_a_positive_whole_number(capsys):
+@pytest.mark.parametrize(
+    "args, option",
+    [
+        (["train", "lenet5_cifar10", "--data-threads", "0"], "--data-threads"),
+        (["eval", "m.keras", "--limit", "-1"], "--limit"),
+        (["export", "m.keras", "--out", "x", "--calibration-images", "0"], "--calibration-images"),
+        (["predict", "m.tflite", "a.png", "--top", "0"], "--top"),
+        (["viz", "lenet5", "--out", "x", "--top-k", "zero"], "--top-k"),
+        (["bench", "x", "--runs", "0"], "--runs"),
+    ],
+)
+def test_counts_must_be_positive_whole_numbers(args, option, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["train", "lenet5_cifar10", "--data-threads", "0"])
+        main(args)
     assert exit_info.value.code == 2
-    assert "--data-threads: expected a whole number >= 1. Received: '0'" in capsys.readouterr().err
+    assert f"{option}: expected a whole number >= 1. Received: '{args[-1]}'" in capsys.readouterr().err
