@@ -128,9 +128,16 @@ def test_a_run_folder_of_another_recipe_is_not_resumed(small_cifar10, tmp_path, 
     assert "started with a different recipe" in capsys.readouterr().err
 
 
-def test_bad_recipe_fails_before_any_data_is_loaded(tmp_path, capsys):
-    assert main(["train", "lenet5_cifar10", "--data-dir", "/nonexistent", "--set", "model.dropout=1.5", "--out", str(tmp_path / "r")]) == 2
-    assert "Received: dropout=1.5" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.dropout=1.5", "Received: model.dropout=1.5"),  # the recipe's ranges
+        ("model.name=vgg99", "Unknown model name"),  # the builder, called before any data is loaded
+    ],
+)
+def test_bad_recipe_fails_before_any_data_is_loaded(override, message, tmp_path, capsys):
+    assert main(["train", "lenet5_cifar10", "--data-dir", "/nonexistent", "--set", override, "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
