@@ -163,6 +163,10 @@ def test_batches_prepared_ahead_in_threads_are_the_same_batches():
                 np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="Received: threads=0"):
         Batches(split, 8, threads=0)
+    with pytest.raises(ValueError, match="Received: batch_size=0"):
+        Batches(split, 0)
+    with pytest.raises(ValueError, match="Received: crop_padding=-1, cutout=0"):
+        augment(split.images, np.random.default_rng(0), crop_padding=-1)
 
 
 def test_shards_split_every_global_batch_and_drop_the_incomplete_last_one():

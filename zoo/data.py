@@ -194,6 +194,8 @@ def augment(images, rng, *, crop_padding=4, flip=True, cutout=0):
     flip: flip half of the images horizontally.
     cutout: side of a square zeroed at a random centre (DeVries & Taylor 2017; 0: off).
     """
+    if crop_padding < 0 or cutout < 0:
+        raise ValueError(f"crop_padding and cutout must be >= 0 (0: off). Received: crop_padding={crop_padding!r}, cutout={cutout!r}")
     n, h, w, _ = images.shape
     out = images
     if crop_padding:
@@ -246,6 +248,8 @@ class Batches(keras.utils.PyDataset):
     def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, shard=None, threads=1):
         super().__init__()  # Keras' own worker threads would mix up epochs; prefetching is done here
         self.split, self.batch_size, self.seed, self.one_hot = split, batch_size, seed, one_hot
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1. Received: batch_size={batch_size!r}")
         if shard is not None and (batch_size % shard[1] or not 0 <= shard[0] < shard[1]):
             raise ValueError(f"A shard is (index, count) with count dividing the batch size {batch_size}. Received: shard={shard!r}")
         if not isinstance(threads, int) or threads < 1:
