@@ -280,6 +280,15 @@ def test_two_workers_on_loopback_train_a_recipe_and_end_with_identical_weights(m
     assert list((tmp / "scratch").iterdir()) == []  # the other worker's scratch folder is gone
 
 
+def test_workers_stop_with_the_chief_when_its_run_folder_is_finished(multi_worker_run, small_cifar10):
+    tmp = multi_worker_run[0]
+    workers = start_workers(quick_args(small_cifar10, tmp / "run", MULTI_WORKER_EPOCHS, limit=0), tmp / "scratch")
+    chief, other = (w.communicate(timeout=300)[0] for w in workers)
+    assert [w.returncode for w in workers] == [2, 2]
+    assert "holds a finished run" in chief
+    assert "The chief worker cannot use its run folder" in other
+
+
 def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_worker_run, small_cifar10, tmp_path):
     args = quick_args(small_cifar10, tmp_path / "run", MULTI_WORKER_EPOCHS, limit=0)
     workers = start_workers(args, tmp_path / "scratch")

@@ -113,22 +113,26 @@ def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, vali
 
 def chief_value(strategy, value):
     """The chief's `value` (a number), on every worker."""
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.constant(value if ctx.replica_id_in_sync_group == 0 else 0, "float64"))
-    return strategy.reduce("SUM", per_replica, axis=None).numpy().item()
+    return _from_chief(strategy, lambda: [tf.constant(value, "float64")])[0].numpy().item()
 
 
 def _copy_from_chief(strategy, variables):
-    def chief_only():
-        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
-        return [tf.where(first, tf.cast(v.value, "float64"), tf.zeros(v.shape, "float64")) for v in variables]
-
     @tf.function
     def copy():
-        for variable, values in zip(variables, strategy.run(chief_only)):
-            variable.assign(tf.cast(strategy.reduce("SUM", values, axis=None), variable.dtype))
+        for variable, value in zip(variables, _from_chief(strategy, lambda: [v.value for v in variables])):
+            variable.assign(tf.cast(value, variable.dtype))
 
     copy()
+
+
+def _from_chief(strategy, read):
+    """The tensors `read()` gives on the chief (replica 0), on every worker, as float64."""
+
+    def chief_only():
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        return [tf.where(first, tf.cast(t, "float64"), tf.zeros(t.shape, "float64")) for t in read()]
+
+    return [strategy.reduce("SUM", values, axis=None) for values in strategy.run(chief_only)]
 
 
 def _correct(labels, logits):
