@@ -51,6 +51,7 @@ def test_python_m_recipes_is_zoo_train():
     "args, option",
     [
         (["train", "lenet5_cifar10", "--data-threads", "0"], "--data-threads"),
+        (["train", "lenet5_cifar10", "--backup-every", "0"], "--backup-every"),
         (["eval", "m.keras", "--limit", "-1"], "--limit"),
         (["export", "m.keras", "--out", "x", "--calibration-images", "0"], "--calibration-images"),
         (["predict", "m.tflite", "a.png", "--top", "0"], "--top"),

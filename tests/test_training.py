@@ -189,12 +189,71 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(small_cifar10
     assert results["test_accuracy"] > 0.1
 
 
+def test_best_checkpoint_every_n_epochs_writes_the_best_weights_with_the_backups(tmp_path):
+    from zoo.training import BestCheckpoint
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = tmp_path / "model.keras"
+    checkpoint = BestCheckpoint(path, every=3)
+    checkpoint.set_model(model)
+
+    def epoch_end(epoch, val_accuracy):  # the weights of epoch e are all e
+        model.set_weights([np.full(w.shape, epoch, "float32") for w in model.get_weights()])
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_accuracy": val_accuracy})
+
+    def written():
+        return {float(w.flat[0]) for w in weights_of(path)} if path.exists() else None
+
+    for epoch, accuracy in enumerate([0.1, 0.3]):
+        epoch_end(epoch, accuracy)
+    assert written() is None  # not before the third epoch
+    epoch_end(2, 0.2)
+    assert written() == {1.0} and {float(w.flat[0]) for w in model.get_weights()} == {2.0}
+    epoch_end(3, 0.5)
+    epoch_end(4, 0.4)
+    epoch_end(5, 0.45)
+    assert written() == {3.0}
+    epoch_end(6, 0.6)
+    assert written() == {3.0}
+    checkpoint.on_train_end()  # a run that ends (or stops) between writes keeps its best epoch
+    assert written() == {6.0}
+
+
+def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_cifar10, tmp_path, monkeypatch):
+    from zoo import recipe as recipes
+    from zoo import training
+
+    recipe = recipes.load("lenet5_cifar10", [
+        f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=500", "data.limit=1000",
+        "training.epochs=5", "training.tta_flip=false",
+    ])
+    run_dir, seen = tmp_path / "run", {}
+    end_of_epoch = training.RunState.on_epoch_end
+
+    def crash_after_the_third_epoch(self, epoch, logs=None):
+        seen[epoch] = (logs["val_accuracy"], self.model.get_weights())
+        end_of_epoch(self, epoch, logs)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.RunState, "on_epoch_end", crash_after_the_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(recipe, run_dir, backup_every=2, verbose=0)
+    assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 2
+    best = max((0, 1), key=lambda e: seen[e][0])  # epoch 2 is not written: it is not backed up
+    for a, b in zip(weights_of(run_dir / "model.keras"), seen[best][1]):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.undo()
+    results = training.train(recipe, run_dir, backup_every=2, verbose=0)
+    assert results["resumed_from_epoch"] == [2] and epochs_logged(run_dir) == list(range(5))
+    assert not (run_dir / "backup").exists()
+
+
 def test_mirrored_strategy_over_two_logical_cpus(small_cifar10, tmp_path):
     code = f"""
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from zoo import distribute
 from zoo import distribute
 from zoo.cli import main
 replicas = distribute.setup("mirrored").replicas

@@ -121,7 +121,10 @@ def cmd_train(args):
         overrides.append(f"training.epochs={args.epochs}")
     recipe = recipes.load(args.recipe, overrides)
     out = args.out or os.path.join("runs", recipe["name"])
-    train(recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads)
+    train(
+        recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads,
+        backup_every=args.backup_every,
+    )
 
 
 def cmd_eval(args):
@@ -307,6 +310,11 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace a finished or different run in --out")
     p.add_argument("--strategy", choices=("mirrored", "multi_worker"), help="train on all local GPUs, or on the workers of TF_CONFIG")
     p.add_argument("--data-threads", type=_positive_int, default=1, help="threads preparing batches ahead (results do not depend on it; default: 1)")
+    p.add_argument(
+        "--backup-every", type=_positive_int, default=1, metavar="N",
+        help="write the backup and the best checkpoint every N epochs: fewer writes for epochs of seconds, "
+        "but a kill loses up to N-1 epochs (default: 1)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix of a .keras model")
