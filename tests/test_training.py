@@ -366,6 +366,17 @@ def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_
     assert digests[0] == digests[1] == multi_worker_run[1][0]  # as if never interrupted
 
 
+def test_zoo_train_under_jax_prints_no_tensorflow_start_up_lines(small_cifar10, tmp_path):
+    """Where TensorFlow is installed, Keras imports it under JAX too (to seed it): that must stay quiet."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "zoo.cli", *quick_args(small_cifar10, tmp_path / "jax", epochs=1, limit=300)],
+        capture_output=True, text=True, cwd=REPO, timeout=400, env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "test accuracy" in result.stdout and result.stderr == ""
+
+
 def test_short_lenet5_run_under_jax_with_data_parallel(small_cifar10, tmp_path):
     code = f"""
 import sys
