@@ -113,7 +113,9 @@ def fit(model, make_batches, *, strategy, epochs, initial_epoch, callbacks, vali
 
 def chief_value(strategy, value):
     """The chief's `value` (a number), on every worker."""
-    return _from_chief(strategy, lambda: [tf.constant(value, "float64")])[0].numpy().item()
+    # In a tf.function: run eagerly, TensorFlow warns about the collective's overhead.
+    broadcast = tf.function(lambda: _from_chief(strategy, lambda: [tf.constant(value, "float64")]), autograph=False)
+    return broadcast()[0].numpy().item()
 
 
 def _copy_from_chief(strategy, variables):
