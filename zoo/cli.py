@@ -2,7 +2,6 @@
 
 import argparse
 import contextlib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -59,8 +58,9 @@ def _import_keras_quietly():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # device discovery logs its own start-up lines
-        elif importlib.util.find_spec("tensorflow"):  # Keras imports it later where installed (e.g. to seed it)
-            import tensorflow  # noqa: F401
+        else:  # Keras imports TensorFlow later where it is installed (e.g. to seed it): now, quietly
+            with contextlib.suppress(ImportError):
+                import tensorflow  # noqa: F401
 
 
 def _format_count(n):
