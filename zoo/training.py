@@ -361,6 +361,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, data_threads, backup_every, ve
             train_batches,
             shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
             validation_data=validation,
+            validation_batch_size=train_batches.batch_size,  # Keras' default for arrays is 32: 8x the steps
             epochs=epochs,
             callbacks=callbacks,
             verbose=verbose,
