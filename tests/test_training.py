@@ -249,6 +249,16 @@ def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_c
     assert not (run_dir / "backup").exists()
 
 
+@pytest.mark.parametrize("option", ["data_threads", "backup_every"])
+def test_train_rejects_counts_below_one_before_any_work(option, tmp_path):
+    from zoo import recipe as recipes
+    from zoo.training import train
+
+    with pytest.raises(ValueError, match=f"{option} must be a whole number >= 1. Received: {option}=0"):
+        train(recipes.load("lenet5_cifar10"), tmp_path / "run", **{option: 0})
+    assert not (tmp_path / "run").exists()
+
+
 def test_mirrored_strategy_over_two_logical_cpus(small_cifar10, tmp_path):
     code = f"""
 import tensorflow as tf
