@@ -1,10 +1,13 @@
-"""Writing files so that a crash or `kill -9` never leaves a half-written one in place; their sha256."""
+"""Writing files so that a crash or `kill -9` never leaves a half-written one in place; their sha256;
+where the shipped recipes and released weights are."""
 
 import hashlib
 import os
 import pathlib
 import shutil
 import tempfile
+
+PACKAGE = pathlib.Path(__file__).resolve().parent
 
 
 def write_atomically(path, write):
@@ -48,3 +51,10 @@ def sha256(path, chunk=1 << 20):
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def shipped_folder(name):
+    """A top-level folder of the project (`recipes`, `saved_models`): the copy a wheel carries in
+    `zoo/_bundled/` (see setup.py), else the one beside the package in a source checkout."""
+    bundled = PACKAGE / "_bundled" / name
+    return bundled if bundled.is_dir() else PACKAGE.parent / name

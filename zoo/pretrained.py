@@ -11,9 +11,9 @@ import os
 import pathlib
 import re
 
-from zoo.files import sha256
+from zoo.files import sha256, shipped_folder
 
-SAVED_MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "saved_models"
+SAVED_MODELS_DIR = shipped_folder("saved_models")
 CARD = "model_card.json"
 TAG = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a weights tag such as "cifar10"; anything else is a path
 # Options that only shape the classifier head: free to differ when the head is not built.
@@ -23,7 +23,7 @@ FREE_OPTIONS = ("dropout",)
 
 
 def saved_models_dir():
-    """`$ZOO_SAVED_MODELS`, else `saved_models/` beside the `zoo` package."""
+    """`$ZOO_SAVED_MODELS`, else the shipped `saved_models/` (in the checkout, or bundled in a wheel)."""
     return pathlib.Path(os.environ.get("ZOO_SAVED_MODELS", SAVED_MODELS_DIR))
 
 
@@ -51,7 +51,7 @@ def card(model, tag):
         raise ValueError(
             f"No released weights {tag!r} for '{model}'. "
             + (f"Its released weights: {', '.join(tags)}. " if tags else "")
-            + (f"Models with {tag!r} weights: {', '.join(having)}. " if having else f"No model has {tag!r} weights. ")
+            + (f"Models with {tag!r} weights: {', '.join(having)}. " if having else f"No model has {tag!r} weights in {saved_models_dir()}. ")
             + "Pass weights=None for a random initialisation, or the path of a weights file. "
             f"Received: weights={tag!r}"
         )

@@ -9,7 +9,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-RECIPES_DIR = pathlib.Path(__file__).resolve().parents[1] / "recipes"
+from zoo.files import shipped_folder
+
+RECIPES_DIR = shipped_folder("recipes")
 REQUIRED = object()
 OPTIONAL = None
 
@@ -111,7 +113,9 @@ def locate(name_or_path):
         return path
     shipped = RECIPES_DIR / f"{name_or_path}.toml"
     if not shipped.is_file():
-        raise RecipeError(f"Unknown recipe {name_or_path!r}. Shipped recipes: {', '.join(available())}; or give a path to a .toml file.")
+        names = available()
+        shipped_ones = f"Shipped recipes: {', '.join(names)}" if names else f"No shipped recipes found in {RECIPES_DIR}"
+        raise RecipeError(f"Unknown recipe {name_or_path!r}. {shipped_ones}; or give a path to a .toml file.")
     return shipped
 
 
