@@ -150,3 +150,37 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     assert "Received: tag='../x'" in capsys.readouterr().err
     assert main(["release", str(tmp_path), "--tag", "x"]) == 2
     assert "is not a finished run folder" in capsys.readouterr().err
+
+
+def test_commands_take_a_model_name_with_released_weights(cifar10_dir, tmp_path, capsys):
+    """zoo eval / predict / export MODEL --weights cifar10: the card's accuracy and class names."""
+    card = pretrained.card("lenet5", "cifar10")
+    assert main(["eval", "lenet5", "--weights", "cifar10", "--data-dir", str(cifar10_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(card["accuracy"]["test_top1"], abs=1e-9)
+
+    cats = sorted((cifar10_dir / "test" / "cat").iterdir())[:3]
+    assert main(["predict", "lenet5", "--weights", "cifar10", *map(str, cats), "--top", "10", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(guess["class"] for guess in report[0]["top"]) == sorted(card["data"]["classes"])
+
+    out = tmp_path / "export"
+    assert main(["export", "lenet5", "--weights", "cifar10", "--out", str(out), "--formats", "tflite", "--quantize", "float16", "--no-verify"]) == 0
+    assert (out / "labels.txt").read_text().splitlines() == card["data"]["classes"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "runs/nope"], "No such model file or run folder: runs/nope"),
+        (["eval", "nope.keras"], "No such model file or run folder: nope.keras"),
+        (["predict", "lenet6", "x.png"], "Unknown model name. Did you mean: lenet5?"),
+        (["export", "vgg16", "--weights", "cifar10", "--out", "x"], "No released weights 'cifar10' for 'vgg16'"),
+        (["eval", str(ROOT / "saved_models" / "lenet5_cifar10" / "model_int8.tflite"), "--weights", "cifar10"], "`weights` applies to a model name"),
+    ],
+)
+def test_commands_name_a_bad_model(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -133,14 +133,11 @@ def cmd_train(args):
 def cmd_eval(args):
     import json
 
-    import keras
-
     from zoo.data import Split, load_dataset, load_image_folder_split
     from zoo.evaluation import evaluate
+    from zoo.loading import load_model
 
-    if not os.path.isfile(args.model):
-        raise FileNotFoundError(f"No such model file: {args.model}")
-    model = keras.saving.load_model(args.model)
+    model, _ = load_model(args.model, weights=args.weights)
     height, width, channels = model.input.shape[1:]
     if args.data_dir:  # only test/ is decoded
         test, class_names = load_image_folder_split(args.data_dir, "test", (height, width), channels)
@@ -158,7 +155,7 @@ def cmd_eval(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.model} on {source} test ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
+    print(f"{_model_title(args)} on {source} test ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}\n")
     rows = [(name, f"{acc:.4f}") for name, acc in result["per_class_accuracy"].items()]
     print(_table(rows, ("class", "accuracy")))
@@ -181,18 +178,15 @@ def cmd_release(args):
 
 
 def cmd_export(args):
-    import keras
-
     from zoo import export
+    from zoo.loading import load_model
 
     formats = _csv(args.formats)
     quantize = _csv(args.quantize)
-    if not os.path.isfile(args.model):
-        raise FileNotFoundError(f"No such model file: {args.model}")
     if os.path.exists(args.out) and not args.overwrite:
         raise FileExistsError(f"Output folder {args.out} exists. Use --overwrite to replace it (it is kept if the export fails).")
-    model = keras.saving.load_model(args.model, compile=False)
-    calibration = verification = labels = class_names = None
+    model, class_names = load_model(args.model, weights=args.weights)
+    calibration = verification = labels = None
     if args.calibration_data:
         from zoo.data import load_dataset
 
@@ -216,10 +210,11 @@ def cmd_export(args):
 
 def cmd_viz(args):
     from zoo import viz
+    from zoo.loading import load_model
 
     if args.image is None and not args.filters:
         raise ValueError("Nothing to draw: give --image IMAGE (filters, feature maps and Grad-CAM), or --filters.")
-    model, class_names = viz.load_model(args.model, weights=args.weights)
+    model, class_names = load_model(args.model, weights=args.weights)
     image = viz.load_image(args.image, model) if args.image else None
     items = viz.report(
         model, args.out, image=image, image_name=os.path.basename(args.image) if args.image else "image",
@@ -236,11 +231,11 @@ def cmd_predict(args):
 
     from zoo import export
 
-    classifier = export.load_classifier(args.model)
+    classifier, names = export.load_classifier(args.model, weights=args.weights)
     images = export.load_images(args.images, classifier.input_shape)
     probabilities = classifier.predict(images)
     labels = args.labels and open(args.labels).read().split("\n")[: probabilities.shape[1]]
-    labels = labels or export.find_labels(args.model) or [str(i) for i in range(probabilities.shape[1])]
+    labels = labels or names or [str(i) for i in range(probabilities.shape[1])]
     top = min(args.top, probabilities.shape[1])
     report = [
         {"image": str(path), "top": [{"class": labels[i], "probability": float(p[i])} for i in np.argsort(-p)[:top]]}
@@ -281,12 +276,21 @@ def cmd_bench(args):
     print(_table(rows, ("variant", "size", "median ms", "p90 ms", "images/s")))
 
 
+def _model_title(args):
+    return f"{args.model}(weights={args.weights!r})" if args.weights else args.model
+
+
 def _csv(text):
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _pct(value):
     return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _add_model_arguments(parser, other_kinds=""):
+    parser.add_argument("model", help=f"{other_kinds}a .keras file, a run folder, or a registered model name (with --weights)")
+    parser.add_argument("--weights", help="for a model name: released weights (e.g. cifar10, see zoo list --pretrained) or a weights file")
 
 
 def build_parser():
@@ -320,8 +324,8 @@ def build_parser():
     )
     p.set_defaults(func=cmd_train)
 
-    p = commands.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix of a .keras model")
-    p.add_argument("model", help="a .keras file, e.g. runs/lenet5_cifar10/model.keras")
+    p = commands.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
+    _add_model_arguments(p)
     p.add_argument("--data-dir", help="image folders (the test/ split is evaluated)")
     p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir (default: cifar10)")
     p.add_argument("--tfds-data-dir")
@@ -331,7 +335,7 @@ def build_parser():
     p.set_defaults(func=cmd_eval)
 
     p = commands.add_parser("export", help="SavedModel + TFLite variants, each verified against the Keras model")
-    p.add_argument("model", help="a .keras file")
+    _add_model_arguments(p)
     p.add_argument("--out", required=True, help="output folder, e.g. saved_models/lenet5_cifar10")
     p.add_argument("--formats", default="saved_model,tflite", help="comma-separated: saved_model, tflite")
     p.add_argument("--quantize", default="float32,float16,dynamic,int8", help="comma-separated TFLite variants")
@@ -355,8 +359,7 @@ def build_parser():
     p.set_defaults(func=cmd_release)
 
     p = commands.add_parser("viz", help="pictures of filters, feature maps and Grad-CAM, with an HTML page")
-    p.add_argument("model", help="a registered model name (with --weights), a .keras file or a run folder")
-    p.add_argument("--weights", help="released weights of a model name, e.g. cifar10, or a weights file")
+    _add_model_arguments(p)
     p.add_argument("--image", help="an image file: adds feature maps per block and Grad-CAM")
     p.add_argument("--filters", action="store_true", help="draw the first convolution's filters (always on with --image)")
     p.add_argument("--layers", help="comma-separated layer names to show instead of the conv-pool blocks")
@@ -365,8 +368,8 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace --out")
     p.set_defaults(func=cmd_viz)
 
-    p = commands.add_parser("predict", help="top-k classes of images with a .tflite, SavedModel or .keras model")
-    p.add_argument("model", help="a .tflite file, a SavedModel folder or a .keras file")
+    p = commands.add_parser("predict", help="top-k classes of images with a TFLite, SavedModel or Keras model")
+    _add_model_arguments(p, "a .tflite file, a SavedModel folder, ")
     p.add_argument("images", nargs="+", help="image files (any common format; resized to the model input)")
     p.add_argument("--top", type=_positive_int, default=5)
     p.add_argument("--labels", help="class names, one per line (default: labels.txt beside the model)")

@@ -22,6 +22,7 @@ import keras
 
 from zoo.evaluation import outputs_probabilities, probabilities
 from zoo.files import replace_folder, sha256
+from zoo.loading import find_labels, load_model
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # What every export must prove against the Keras model (top-1 agreement, |probability| difference).
@@ -333,33 +334,28 @@ class SavedModelClassifier:
 
 
 class KerasClassifier:
-    def __init__(self, path):
-        self.model = keras.saving.load_model(path, compile=False)
+    def __init__(self, model):
+        self.model = model
         self.input_shape = tuple(self.model.input.shape[1:])
 
     def predict(self, images):
         return probabilities(self.model, np.asarray(images, "float32"))
 
 
-def load_classifier(path, num_threads=None):
-    """A `.tflite` file, a SavedModel folder or a `.keras` file, with `input_shape` and `predict(images)`."""
-    path = pathlib.Path(path)
-    if path.suffix == ".tflite" and path.is_file():
-        return TFLiteModel(path, num_threads=num_threads)
-    if path.suffix == ".keras" and path.is_file():
-        return KerasClassifier(path)
-    if (path / "saved_model.pb").is_file():
-        return SavedModelClassifier(path)
-    raise ExportError(f"Not a .tflite file, .keras file or SavedModel folder: {path}")
+def load_classifier(source, weights=None, num_threads=None):
+    """`(classifier, class names or None)`; the classifier has `input_shape` and `predict(images)`.
 
-
-def find_labels(model_path):
-    """Class names from the labels.txt beside a model (or beside its SavedModel folder), if any."""
-    path = pathlib.Path(model_path)
-    for folder in (path.parent, path.parent.parent) if path.is_file() else (path.parent, path):
-        if (folder / "labels.txt").is_file():
-            return (folder / "labels.txt").read_text().split("\n")[:-1]
-    return None
+    `source`: a `.tflite` file, a SavedModel folder, or what `zoo.loading.load_model` takes (a
+    `.keras` file, a run folder, a registered model name with `weights`).
+    """
+    path = pathlib.Path(source)
+    if not weights:
+        if path.suffix == ".tflite" and path.is_file():
+            return TFLiteModel(path, num_threads=num_threads), find_labels(path)
+        if (path / "saved_model.pb").is_file():
+            return SavedModelClassifier(path), find_labels(path)
+    model, class_names = load_model(source, weights=weights)
+    return KerasClassifier(model), class_names
 
 
 def load_images(paths, input_shape):

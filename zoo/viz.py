@@ -11,7 +11,6 @@ Arrays come from the functions; `report` draws them with matplotlib (Agg backend
 """
 
 import html
-import json
 import pathlib
 import re
 import shutil
@@ -138,28 +137,6 @@ def _batch(model, image):
     if image.shape != expected:
         raise VizError(f"The image must have the model's input shape {expected}. Received: shape={image.shape}")
     return image[None].astype("float32")
-
-
-def load_model(source, weights=None):
-    """`(model, class names or None)` from a registered name (with `weights`: a released tag or a
-    file), a `.keras` file, or a run folder holding `model.keras`."""
-    from zoo import pretrained
-    from zoo.export import find_labels
-    from zoo.models import get_model, model_info
-
-    path = pathlib.Path(source)
-    if path.is_dir() and (path / "model.keras").is_file():  # a run folder
-        path = path / "model.keras"
-    if path.is_file():
-        if weights:
-            raise VizError(f"`weights` applies to a model name, not to a model file. Received: weights={weights!r}")
-        results = path.parent / "results.json"
-        names = find_labels(path) or (json.loads(results.read_text())["data"]["class_names"] if results.is_file() else None)
-        return keras.saving.load_model(path), names
-    model_info(source)  # a registered name, else an error listing them
-    model = get_model(source, weights=weights)
-    released = weights and not pathlib.Path(weights).is_file()
-    return model, pretrained.card(source, weights)["data"]["classes"] if released else None
 
 
 def load_image(path, model):
