@@ -174,6 +174,7 @@ def test_commands_take_a_model_name_with_released_weights(cifar10_dir, tmp_path,
     [
         (["eval", "runs/nope"], "No such model file or run folder: runs/nope"),
         (["eval", "nope.keras"], "No such model file or run folder: nope.keras"),
+        (["eval", "."], ". is a folder without model.keras, not a run folder"),
         (["predict", "lenet6", "x.png"], "Unknown model name. Did you mean: lenet5?"),
         (["export", "vgg16", "--weights", "cifar10", "--out", "x"], "No released weights 'cifar10' for 'vgg16'"),
         (["eval", str(ROOT / "saved_models" / "lenet5_cifar10" / "model_int8.tflite"), "--weights", "cifar10"], "`weights` applies to a model name"),

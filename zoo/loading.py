@@ -22,6 +22,8 @@ def load_model(source, weights=None):
         results = path.parent / "results.json"
         names = find_labels(path) or (json.loads(results.read_text())["data"]["class_names"] if results.is_file() else None)
         return keras.saving.load_model(path, compile=False), names
+    if path.is_dir():
+        raise FileNotFoundError(f"{source} is a folder without model.keras, not a run folder")
     if path.suffix or len(path.parts) > 1:  # model names have neither
         raise FileNotFoundError(f"No such model file or run folder: {source}")
     model_info(source)  # a registered name, else an error listing them
