@@ -122,10 +122,23 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, sma
 
 def test_a_run_folder_of_another_recipe_is_not_resumed(small_cifar10, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "training_metadata.json").write_text('{"epoch": 3}')
     (run_dir / "recipe.toml").write_text("description = 'something else'\n")
     assert main([*quick_args(small_cifar10, run_dir)]) == 2
     assert "started with a different recipe" in capsys.readouterr().err
+    assert (run_dir / "recipe.toml").read_text() == "description = 'something else'\n"
+
+
+def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_corrected_command(small_cifar10, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = quick_args(small_cifar10, run_dir, epochs=1, limit=500)
+    assert main([*args, "--data-dir", str(tmp_path / "typo")]) == 2  # the last --data-dir wins
+    assert "Missing split folder" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "holds no epoch of its other recipe: starting this one there" in capsys.readouterr().out
+    assert str(small_cifar10) in (run_dir / "recipe.toml").read_text()
+    assert json.loads((run_dir / "results.json").read_text())["resumed_from_epoch"] == []
 
 
 @pytest.mark.parametrize(

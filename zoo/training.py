@@ -45,10 +45,16 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
         elif (run_dir / "results.json").exists():
             raise RunFolderError(f"Run folder {run_dir} holds a finished run. Use another --out, or --overwrite to replace it.")
         elif (run_dir / "recipe.toml").exists() and (run_dir / "recipe.toml").read_text() != recipe_text:
-            raise RunFolderError(
-                f"Run folder {run_dir} was started with a different recipe, so it cannot be resumed with this one. "
-                "Use another --out, or --overwrite to start again."
-            )
+            if (run_dir / BACKUP).exists() or (run_dir / "model.keras").exists():
+                raise RunFolderError(
+                    f"Run folder {run_dir} was started with a different recipe, so it cannot be resumed with this one. "
+                    "Use another --out, or --overwrite to start again."
+                )
+            # Stopped before its first backup (e.g. by bad data): nothing to keep, start this recipe in it.
+            print(f"{run_dir} holds no epoch of its other recipe: starting this one there", flush=True)
+            for leftover in (run_dir / STATE, run_dir / "history.csv"):
+                leftover.unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "logs", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.toml").write_text(recipe_text)
     metadata = run_dir / BACKUP / "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
