@@ -17,6 +17,7 @@ from PIL import Image
 
 import keras
 from zoo import distribute
+from zoo import recipe as recipes
 from zoo.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,12 +134,27 @@ def test_a_run_folder_of_another_recipe_is_not_resumed(small_cifar10, tmp_path, 
 def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_corrected_command(small_cifar10, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=1, limit=500)
-    assert main([*args, "--data-dir", str(tmp_path / "typo")]) == 2  # the last --data-dir wins
+    typo = [*args, "--data-dir", str(tmp_path / "typo"), "--set", "optimizer.learning_rate=0.5"]  # the last --data-dir wins
+    assert main(typo) == 2
     assert "Missing split folder" in capsys.readouterr().err
     assert main(args) == 0
     assert "holds no epoch of its other recipe: starting this one there" in capsys.readouterr().out
-    assert str(small_cifar10) in (run_dir / "recipe.toml").read_text()
+    assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == str(small_cifar10)
     assert json.loads((run_dir / "results.json").read_text())["resumed_from_epoch"] == []
+
+
+def test_a_run_resumes_after_its_data_moved_but_not_with_other_settings(tmp_path):
+    from zoo.training import RunFolderError, prepare_run_folder
+
+    run_dir = tmp_path / "run"
+    started = recipes.load("lenet5_cifar10", ["data.data_dir='/old/place'"])
+    prepare_run_folder(run_dir, started)
+    (run_dir / "backup").mkdir()
+    (run_dir / "backup" / "training_metadata.json").write_text('{"epoch": 2}')
+    with pytest.raises(RunFolderError, match="started with a different recipe"):
+        prepare_run_folder(run_dir, recipes.load("lenet5_cifar10", ["data.data_dir='/new/place'", "training.seed=1"]))
+    assert prepare_run_folder(run_dir, recipes.load("lenet5_cifar10", ["data.data_dir='/new/place'"])) == 2
+    assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == "/new/place"
 
 
 @pytest.mark.parametrize(

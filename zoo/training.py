@@ -44,7 +44,7 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
             print(f"--overwrite: the previous run is kept in {previous} until this one finishes", flush=True)
         elif (run_dir / "results.json").exists():
             raise RunFolderError(f"Run folder {run_dir} holds a finished run. Use another --out, or --overwrite to replace it.")
-        elif (run_dir / "recipe.toml").exists() and (run_dir / "recipe.toml").read_text() != recipe_text:
+        elif (run_dir / "recipe.toml").exists() and not _same_run(run_dir / "recipe.toml", recipe):
             if (run_dir / BACKUP).exists() or (run_dir / "model.keras").exists():
                 raise RunFolderError(
                     f"Run folder {run_dir} was started with a different recipe, so it cannot be resumed with this one. "
@@ -61,6 +61,20 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
     epoch = json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
     _drop_epochs_from(run_dir / "history.csv", epoch)
     return epoch
+
+
+def _same_run(recipe_file, recipe):
+    """Whether a run folder's `recipe_file` defines the same run as `recipe`: only the location of
+    the data (`data_dir`, `tfds_data_dir`) may differ, so a run resumes after its data moved."""
+    try:
+        stored = recipes.load(recipe_file)
+    except recipes.RecipeError:
+        return False
+
+    def what(r):
+        return {**r, "name": None, "data": {**r["data"], "data_dir": "", "tfds_data_dir": ""}}
+
+    return what(stored) == what(recipe)
 
 
 def _previous(run_dir):
