@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import zoo.data as data
-from zoo.data import Batches, Split, augment, load_dataset
+from zoo.data import Batches, DataUnavailableError, Split, augment, load_dataset
 
 
 def test_image_folders_decode_real_cifar10(small_cifar10):
@@ -93,6 +93,23 @@ def test_tfds_source_with_mock_data():
     assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 60)
     assert ds.train.images.shape[1:] == (32, 32, 3) and ds.train.images.dtype == np.uint8
     assert ds.source == "tfds:cifar10"
+
+
+def test_a_tfds_download_without_network_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """The real tfds download path up to the network (it needs importlib_resources: tensorflow/datasets#11212)."""
+    import requests
+
+    from zoo.cli import main
+
+    def offline(*args, **kwargs):
+        raise requests.exceptions.ConnectionError("no network in this test")
+
+    monkeypatch.setattr(requests.Session, "send", offline)
+    with pytest.raises(DataUnavailableError, match="could not download 'cifar10'.*no network in this test.*--data-dir DIR"):
+        load_dataset("cifar10", tfds_data_dir=str(tmp_path / "tfds"))
+    args = ["train", "lenet5_cifar10", "--tfds-data-dir", str(tmp_path / "tfds"), "--epochs", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert "zoo train: error: tensorflow-datasets could not download 'cifar10'" in capsys.readouterr().err
 
 
 def batch_of_distinct_images(n=64, size=8):

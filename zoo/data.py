@@ -20,6 +20,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
 
 
+class DataUnavailableError(FileNotFoundError):
+    """A dataset that is not on this machine and could not be downloaded."""
+
+
 @dataclasses.dataclass
 class Split:
     images: np.ndarray  # uint8 [N, H, W, C]
@@ -92,7 +96,14 @@ def load_tfds(name, image_size, channels, data_dir=None):
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(name, data_dir=data_dir)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except OSError as e:  # e.g. requests' ConnectionError on a machine without internet
+        raise DataUnavailableError(
+            f"tensorflow-datasets could not download '{name}' into {builder.data_dir}: {e}. Without internet, "
+            "give image folders (--data-dir DIR with DIR/train/<class>/*, DIR/test/<class>/*), or the "
+            "--tfds-data-dir where it is already prepared."
+        ) from None
     class_names = builder.info.features["label"].names
     splits = []
     for split in ("train", "test"):
