@@ -93,6 +93,8 @@ def test_tfds_source_with_mock_data():
     assert (len(ds.train), len(ds.val), len(ds.test)) == (50, 10, 60)
     assert ds.train.images.shape[1:] == (32, 32, 3) and ds.train.images.dtype == np.uint8
     assert ds.source == "tfds:cifar10"
+    with pytest.raises(ValueError, match=r"Unknown tensorflow-datasets name. Did you mean: .*cifar10.*Received: source='cifar11'$"):
+        load_dataset("cifar11")
 
 
 def test_a_tfds_download_without_network_is_a_clear_error(tmp_path, monkeypatch, capsys):

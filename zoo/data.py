@@ -6,6 +6,7 @@ Images stay raw uint8 RGB (0-255); scaling lives inside the models.
 
 import concurrent.futures
 import dataclasses
+import difflib
 import hashlib
 import os
 import pathlib
@@ -95,7 +96,14 @@ def load_tfds(name, image_size, channels, data_dir=None):
     """Train and test splits of a tensorflow-datasets image classification dataset."""
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:  # its message lists all ~450 datasets
+        close = difflib.get_close_matches(name, tfds.list_builders(with_community_datasets=False), n=3)
+        raise ValueError(
+            f"Unknown tensorflow-datasets name.{' Did you mean: ' + ', '.join(close) + '?' if close else ''} "
+            f"See https://www.tensorflow.org/datasets/catalog. Received: source={name!r}"
+        ) from None
     try:
         builder.download_and_prepare()
     except OSError as e:  # e.g. requests' ConnectionError on a machine without internet
