@@ -231,3 +231,19 @@ def test_export_cli_with_real_calibration_data(small_cifar10, lenet, tmp_path, c
     assert (out / "labels.txt").read_text().splitlines()[3] == "cat"
     assert main(["export", str(model_path), "--out", str(out)]) == 2
     assert "exists. Use --overwrite" in capsys.readouterr().err
+
+
+def test_export_under_another_backend_says_to_use_tensorflow(lenet, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    for call in (
+        lambda: export.export_model(lenet, tmp_path / "out", verification=np.zeros((1, 32, 32, 3), "uint8")),
+        lambda: export.to_tflite(lenet, tmp_path / "m.tflite"),
+        lambda: export.to_saved_model(lenet, tmp_path / "saved_model"),
+    ):
+        with pytest.raises(ExportError, match="need the TensorFlow backend.*Received: KERAS_BACKEND='jax'"):
+            call()
+    assert main(["export", "lenet5", "--weights", "cifar10", "--out", str(tmp_path / "cli"), "--no-verify"]) == 2
+    assert "run it with KERAS_BACKEND=tensorflow" in capsys.readouterr().err
+    assert main(["release", str(tmp_path), "--out", str(tmp_path / "rel")]) == 2
+    assert "run it with KERAS_BACKEND=tensorflow" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -38,6 +38,16 @@ class ExportError(ValueError):
     """An export that cannot be made or that failed verification."""
 
 
+def require_tensorflow_backend():
+    """An ExportError unless Keras runs on TensorFlow, whose graphs the SavedModel and TFLite converter need."""
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ExportError(
+            "SavedModel and TFLite export need the TensorFlow backend: run it with KERAS_BACKEND=tensorflow "
+            f"(a .keras file saved under another backend loads there). Received: KERAS_BACKEND={backend!r}"
+        )
+
+
 def float32_model(model):
     """`model` with every layer computing in float32 (a copy if it was built under mixed precision).
 
@@ -66,6 +76,7 @@ def _probabilities(model, images):
 def to_saved_model(model, path):
     """Export a SavedModel whose `serving_default` takes `image`: uint8 [batch, H, W, C] (0-255 RGB)
     and returns `probabilities` (and `logits` for models that output logits)."""
+    require_tensorflow_backend()
     import tensorflow as tf
 
     model = float32_model(model)
@@ -105,6 +116,7 @@ def to_tflite(model, path, *, quantize="float32", representative_data=None):
         (full integer, uint8 input and output, calibrated on `representative_data`: a few hundred
         raw 0-255 images [N, H, W, C] like the training images).
     """
+    require_tensorflow_backend()
     if quantize not in VARIANTS:
         raise ExportError(f"Unknown quantization. Valid: {', '.join(VARIANTS)}. Received: quantize={quantize!r}")
     model = float32_model(model)
@@ -245,6 +257,7 @@ def export_model(
     and a failure leaves it as it was. `save_keras=False` leaves out the float32 `model.keras`.
     Returns the `export.json` record.
     """
+    require_tensorflow_backend()
     out = pathlib.Path(out)
     unknown = sorted(set(quantize) - set(VARIANTS))
     if unknown:

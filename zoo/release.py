@@ -21,7 +21,7 @@ import keras
 from zoo import pretrained
 from zoo.data import load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
-from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model
+from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model, require_tensorflow_backend
 from zoo.files import replace_folder, sha256
 from zoo.models import get_model, model_info
 from zoo.models.base import count_macs, options_of
@@ -63,6 +63,7 @@ def release(
     overwrite=False,
 ):
     """Release the best checkpoint of a finished run; returns the model card."""
+    require_tensorflow_backend()
     if not pretrained.TAG.fullmatch(tag or ""):
         raise ValueError(f"A weights tag is lower-case letters, digits, '_' and '-', like 'cifar10'. Received: tag={tag!r}")
     if "int8" not in quantize or set(quantize) - set(VARIANTS):
