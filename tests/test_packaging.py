@@ -51,3 +51,18 @@ def test_without_shipped_folders_the_errors_say_where_they_looked(tmp_path, monk
     monkeypatch.setenv("ZOO_SAVED_MODELS", str(tmp_path / "saved_models"))
     with pytest.raises(ValueError, match=f"No model has 'cifar10' weights in {tmp_path / 'saved_models'}"):
         pretrained.card("vgg16_bn", "cifar10")
+
+
+def test_release_from_a_wheel_install_needs_an_out_folder(tmp_path, monkeypatch):
+    from zoo import files, pretrained
+    from zoo.release import release
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, text in (("model.keras", ""), ("recipe.toml", ""), ("results.json", '{"model": "lenet5"}')):
+        (run / name).write_text(text)
+    monkeypatch.setattr(pretrained, "SAVED_MODELS_DIR", files.BUNDLED / "saved_models")
+    monkeypatch.delenv("ZOO_SAVED_MODELS", raising=False)
+    with pytest.raises(ValueError, match="installed from a wheel.*pass --out"):
+        release(run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

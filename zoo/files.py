@@ -8,6 +8,7 @@ import shutil
 import tempfile
 
 PACKAGE = pathlib.Path(__file__).resolve().parent
+BUNDLED = PACKAGE / "_bundled"  # what a wheel carries of the top-level folders (see setup.py)
 
 
 def write_atomically(path, write):
@@ -55,6 +56,6 @@ def sha256(path, chunk=1 << 20):
 
 def shipped_folder(name):
     """A top-level folder of the project (`recipes`, `saved_models`): the copy a wheel carries in
-    `zoo/_bundled/` (see setup.py), else the one beside the package in a source checkout."""
-    bundled = PACKAGE / "_bundled" / name
+    `BUNDLED`, else the one beside the package in a source checkout."""
+    bundled = BUNDLED / name
     return bundled if bundled.is_dir() else PACKAGE.parent / name

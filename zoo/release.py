@@ -22,7 +22,7 @@ from zoo import pretrained
 from zoo.data import load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
 from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model, require_tensorflow_backend
-from zoo.files import replace_folder, sha256
+from zoo.files import BUNDLED, replace_folder, sha256
 from zoo.models import get_model, model_info
 from zoo.models.base import count_macs, options_of
 
@@ -75,6 +75,11 @@ def release(
     results = json.loads((run_dir / "results.json").read_text())
     name = results["model"]
     model_info(name)  # a registered model
+    if not out and pretrained.saved_models_dir().is_relative_to(BUNDLED):
+        raise ValueError(
+            f"This zoo is installed from a wheel, so its saved_models/ is a copy inside the package ({BUNDLED}). "
+            "Release into a source checkout (pip install -e), or pass --out (and ZOO_SAVED_MODELS to load from there)."
+        )
     out = pathlib.Path(out) if out else pretrained.saved_models_dir() / f"{name}_{tag}"
     if out.exists() and not overwrite:
         raise FileExistsError(f"Release folder {out} exists. Use --overwrite to replace it (it is kept if the release fails).")
