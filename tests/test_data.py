@@ -73,6 +73,20 @@ def test_classes_that_differ_between_train_and_test(tmp_path):
         load_dataset(data_dir=tmp_path, validation_size=1)
 
 
+def test_hidden_and_system_files_and_folders_are_left_out(tmp_path):
+    make_tree(tmp_path)
+    expected = load_dataset(data_dir=tmp_path, validation_size=1)
+    for split in ("train", "test"):
+        (tmp_path / split / ".ipynb_checkpoints").mkdir()
+        (tmp_path / split / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+        (tmp_path / split / "a" / "._0.png").write_bytes(b"\0\5\26\7")  # macOS AppleDouble
+        (tmp_path / split / "a" / "Thumbs.db").write_bytes(b"\xd0\xcf")
+    found = load_dataset(data_dir=tmp_path, validation_size=1)
+    assert found.class_names == expected.class_names == ["a", "b"]
+    for name in ("train", "val", "test"):
+        np.testing.assert_array_equal(getattr(found, name).images, getattr(expected, name).images)
+
+
 def test_a_file_that_is_not_an_image(tmp_path):
     make_tree(tmp_path)
     (tmp_path / "train" / "a" / "notes.txt").write_text("hello")

@@ -19,6 +19,12 @@ from zoo.files import write_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
+SYSTEM_FILES = {"Thumbs.db", "desktop.ini"}  # besides hidden ones (.DS_Store, ._x, .ipynb_checkpoints/)
+
+
+def _entries(folder, is_wanted):
+    """The entries of `folder` that `is_wanted`, sorted, leaving out hidden and system files."""
+    return sorted(p for p in folder.iterdir() if is_wanted(p) and not p.name.startswith(".") and p.name not in SYSTEM_FILES)
 
 
 class DataUnavailableError(FileNotFoundError):
@@ -142,7 +148,7 @@ def class_folders(data_dir):
         folder = root / split
         if not folder.is_dir():
             raise ValueError(f"Missing split folder {folder}: expected {root}/train/<class>/* and {root}/test/<class>/*.")
-        names[split] = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        names[split] = [p.name for p in _entries(folder, pathlib.Path.is_dir)]
         if not names[split]:
             raise ValueError(f"Split folder {folder} has no class folders.")
     if names["train"] != names["test"]:
@@ -171,7 +177,7 @@ def load_image_folder_split(data_dir, split, image_size, channels=3):
 def _load_split(folder, class_names, image_size, channels):
     files, labels = [], []
     for label, name in enumerate(class_names):
-        found = sorted(p for p in (folder / name).iterdir() if p.is_file())
+        found = _entries(folder / name, pathlib.Path.is_file)
         if not found:
             raise ValueError(f"Empty class folder {folder / name}: every class needs at least one image.")
         files += found
