@@ -143,7 +143,7 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_corrected_c
     assert json.loads((run_dir / "results.json").read_text())["resumed_from_epoch"] == []
 
 
-def test_a_run_resumes_after_its_data_moved_but_not_with_other_settings(tmp_path):
+def test_a_run_resumes_after_its_data_moved_or_its_notes_changed_but_not_with_other_settings(tmp_path):
     from zoo.training import RunFolderError, prepare_run_folder
 
     run_dir = tmp_path / "run"
@@ -153,7 +153,8 @@ def test_a_run_resumes_after_its_data_moved_but_not_with_other_settings(tmp_path
     (run_dir / "backup" / "training_metadata.json").write_text('{"epoch": 2}')
     with pytest.raises(RunFolderError, match="started with a different recipe"):
         prepare_run_folder(run_dir, recipes.load("lenet5_cifar10", ["data.data_dir='/new/place'", "training.seed=1"]))
-    assert prepare_run_folder(run_dir, recipes.load("lenet5_cifar10", ["data.data_dir='/new/place'"])) == 2
+    moved = recipes.load("lenet5_cifar10", ["data.data_dir='/new/place'", "expected.notes='measured again'", "description='edited'"])
+    assert prepare_run_folder(run_dir, moved) == 2
     assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == "/new/place"
 
 

@@ -65,14 +65,15 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
 
 def _same_run(recipe_file, recipe):
     """Whether a run folder's `recipe_file` defines the same run as `recipe`: only the location of
-    the data (`data_dir`, `tfds_data_dir`) may differ, so a run resumes after its data moved."""
+    the data (`data_dir`, `tfds_data_dir`, so a run resumes after its data moved) and the words
+    (`description`, `[expected]`) may differ."""
     try:
         stored = recipes.load(recipe_file)
     except recipes.RecipeError:
         return False
 
     def what(r):
-        return {**r, "name": None, "data": {**r["data"], "data_dir": "", "tfds_data_dir": ""}}
+        return {**r, "name": None, "description": None, "expected": None, "data": {**r["data"], "data_dir": "", "tfds_data_dir": ""}}
 
     return what(stored) == what(recipe)
 
