@@ -41,6 +41,14 @@ def test_command_line_output_is_free_of_tensorflow_startup_noise():
     assert result.stderr == ""
 
 
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """`zoo info vgg19_bn | head -2`: the pipe closes before zoo writes; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "info", "vgg19_bn"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (1, "")
+
+
 def test_python_m_recipes_is_zoo_train():
     result = subprocess.run([sys.executable, "-m", "recipes", "vgg99_cifar10"], capture_output=True, text=True)
     assert result.returncode == 2

@@ -395,9 +395,13 @@ def main(argv=None):
     try:
         with quiet():
             args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (`zoo info vgg16 | head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1
     return 0
 
 
