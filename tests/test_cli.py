@@ -49,6 +49,17 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     assert (proc.returncode, err) == (1, "")
 
 
+def test_ctrl_c_is_a_message_not_a_traceback(monkeypatch, capsys):
+    import zoo.training
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo.training, "train", interrupted)
+    assert main(["train", "lenet5_cifar10"]) == 130
+    assert capsys.readouterr().err == "\nzoo train: interrupted (run the same command again to resume from the last backup)\n"
+
+
 def test_python_m_recipes_is_zoo_train():
     result = subprocess.run([sys.executable, "-m", "recipes", "vgg99_cifar10"], capture_output=True, text=True)
     assert result.returncode == 2

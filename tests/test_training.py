@@ -131,6 +131,16 @@ def test_a_run_folder_of_another_recipe_is_not_resumed(small_cifar10, tmp_path, 
     assert (run_dir / "recipe.toml").read_text() == "description = 'something else'\n"
 
 
+def test_a_run_folder_in_use_by_another_training_is_refused(small_cifar10, tmp_path, capsys):
+    from zoo.files import exclusive_lock
+
+    run_dir = tmp_path / "run"
+    with exclusive_lock(tmp_path / ".run.lock"):  # as a training in another process holds it
+        assert main(quick_args(small_cifar10, run_dir)) == 2
+    assert f"Run folder {run_dir} is in use by another training ({tmp_path / '.run.lock'} is held by process {os.getpid()})" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
 def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_corrected_command(small_cifar10, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=1, limit=500)

@@ -399,6 +399,10 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: a message, not a traceback through Keras
+        resume = " (run the same command again to resume from the last backup)" if args.command == "train" else ""
+        print(f"\nzoo {args.command}: interrupted{resume}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader stopped early (`zoo info vgg16 | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1

@@ -1,6 +1,7 @@
-"""Writing files so that a crash or `kill -9` never leaves a half-written one in place; their sha256;
-where the shipped recipes and released weights are."""
+"""Writing files so that a crash or `kill -9` never leaves a half-written one in place; locks; their
+sha256; where the shipped recipes and released weights are."""
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -44,6 +45,34 @@ def replace_folder(staging, out):
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old)
+
+
+class LockedError(FileExistsError):
+    """A lock that another process holds."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path):
+    """Hold an exclusive lock on the file `path` (made if needed) for the block, or raise LockedError
+    naming the process that holds it. The system drops the lock with its process, even on `kill -9`."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, so no check
+        yield
+        return
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise LockedError(f"{path} is held by process {f.read().strip() or '?'}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
 
 
 def sha256(path, chunk=1 << 20):

@@ -2,9 +2,11 @@
 
 A run folder holds `recipe.toml` (the resolved recipe), `model.keras` (best on validation),
 `history.csv`, `results.json`, `logs/` (TensorBoard, TensorFlow backend only), `plots/` and,
-while training, `backup/` (the resume point). Re-running the same command resumes from it.
+while training, `backup/` (the resume point). Re-running the same command resumes from it. One
+training at a time holds a run folder (a lock file beside it).
 """
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +22,7 @@ from zoo import recipe as recipes
 from zoo.data import Batches, EpochSync, load_dataset, one_hot
 from zoo.models import get_model
 from zoo.evaluation import evaluate, hardware, versions
-from zoo.files import write_atomically, write_text_atomically
+from zoo.files import LockedError, exclusive_lock, write_atomically, write_text_atomically
 
 BACKUP = "backup"
 STATE = "state.json"
@@ -289,15 +291,28 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, ba
         finally:
             shutil.rmtree(worker_dir, ignore_errors=True)
     run_dir = pathlib.Path(run_dir)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_run_folder_lock(run_dir))
+            initial_epoch = prepare_run_folder(run_dir, recipe, overwrite)
+        except BaseException:
+            if dist.strategy is not None:  # the other workers wait for the epoch: tell them not to start
+                _chief_epoch(dist, -1)
+            raise
+        if dist.strategy is not None:
+            _chief_epoch(dist, initial_epoch)
+        return _train(recipe, run_dir, initial_epoch, dist, **options)
+
+
+@contextlib.contextmanager
+def _run_folder_lock(run_dir):
+    """One training process per run folder: the lock file lies beside it, so `--overwrite` can move it."""
     try:
-        initial_epoch = prepare_run_folder(run_dir, recipe, overwrite)
-    except BaseException:
-        if dist.strategy is not None:  # the other workers wait for the epoch: tell them not to start
-            _chief_epoch(dist, -1)
-        raise
-    if dist.strategy is not None:
-        _chief_epoch(dist, initial_epoch)
-    return _train(recipe, run_dir, initial_epoch, dist, **options)
+        folder = run_dir.resolve()
+        with exclusive_lock(folder.parent / f".{folder.name}.lock"):
+            yield
+    except LockedError as e:
+        raise RunFolderError(f"Run folder {run_dir} is in use by another training ({e}). Wait for it to end, or use another --out.") from None
 
 
 def _chief_epoch(dist, epoch=0):
