@@ -200,6 +200,14 @@ def test_predict_cli_reads_any_format_and_prints_top_k(lenet_export, held_out, t
     assert main(["predict", str(out / "model_float32.tflite"), files[0], "--top", "2"]) == 0
     text = capsys.readouterr().out
     assert "1. class" in text and "2. class" in text
+    (tmp_path / "notes.txt").write_text("not an image, left out")
+    assert main(["predict", str(out / "model_int8.tflite"), str(tmp_path), "--json"]) == 0  # a folder of images
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [str(tmp_path / "a.png"), files[1]]
+    assert main(["predict", str(out / "model_int8.tflite"), str(tmp_path / "empty")]) == 2
+    assert "Cannot read image" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(out / "model_int8.tflite"), str(tmp_path / "empty")]) == 2
+    assert f"No image files in {tmp_path / 'empty'}" in capsys.readouterr().err
 
 
 def test_predict_cli_names_an_unreadable_image(lenet_export, tmp_path, capsys):

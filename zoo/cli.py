@@ -230,16 +230,20 @@ def cmd_predict(args):
     import json
 
     from zoo import export
+    from zoo.data import image_files
 
+    paths = image_files(args.images)
+    if not paths:
+        raise FileNotFoundError(f"No image files in {', '.join(args.images)}.")
     classifier, names = export.load_classifier(args.model, weights=args.weights)
-    images = export.load_images(args.images, classifier.input_shape)
+    images = export.load_images(paths, classifier.input_shape)
     probabilities = classifier.predict(images)
     labels = args.labels and open(args.labels).read().split("\n")[: probabilities.shape[1]]
     labels = labels or names or [str(i) for i in range(probabilities.shape[1])]
     top = min(args.top, probabilities.shape[1])
     report = [
         {"image": str(path), "top": [{"class": labels[i], "probability": float(p[i])} for i in np.argsort(-p)[:top]]}
-        for path, p in zip(args.images, probabilities)
+        for path, p in zip(paths, probabilities)
     ]
     if args.json:
         print(json.dumps(report, indent=2))
@@ -370,7 +374,7 @@ def build_parser():
 
     p = commands.add_parser("predict", help="top-k classes of images with a TFLite, SavedModel or Keras model")
     _add_model_arguments(p, "a .tflite file, a SavedModel folder, ")
-    p.add_argument("images", nargs="+", help="image files (any common format; resized to the model input)")
+    p.add_argument("images", nargs="+", help="image files or folders of them (any common format; resized to the model input)")
     p.add_argument("--top", type=_positive_int, default=5)
     p.add_argument("--labels", help="class names, one per line (default: labels.txt beside the model)")
     p.add_argument("--json", action="store_true", help="print JSON")

@@ -140,6 +140,14 @@ def _resize(images, image_size, channels):
     return out
 
 
+def image_files(paths):
+    """`paths` with each folder replaced by the image files in it (sorted; hidden and system files left out)."""
+    files = []
+    for path in map(pathlib.Path, paths):
+        files += _entries(path, lambda p: p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES) if path.is_dir() else [path]
+    return files
+
+
 def class_folders(data_dir):
     """Class names of an image-folder tree (sorted folder names), checked across both splits."""
     root = pathlib.Path(data_dir)
