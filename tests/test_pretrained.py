@@ -9,12 +9,12 @@ import pytest
 from zoo import get_model, lenet5, list_models, model_info, pretrained, vgg16, vgg16_bn
 from zoo.cli import main
 from zoo.data import load_image_folder_split
-from zoo.evaluation import probabilities
+from zoo.evaluation import evaluate, probabilities
 from zoo.export import TFLiteModel
 from zoo.files import sha256
 from zoo.release import CHECK_STEP, update_results_table
 
-from conftest import ROOT
+from conftest import ROOT, link_subset
 from test_training import quick_args
 
 RELEASED = ["alexnet_lite", "lenet5", "vgg11_bn", "vgg16_bn"]
@@ -167,6 +167,25 @@ def test_commands_take_a_model_name_with_released_weights(cifar10_dir, tmp_path,
     assert main(["export", "lenet5", "--weights", "cifar10", "--out", str(out), "--formats", "tflite", "--quantize", "float16", "--no-verify"]) == 0
     assert (out / "labels.txt").read_text().splitlines() == card["data"]["classes"]
     capsys.readouterr()
+
+
+def test_data_with_other_classes_than_the_model_is_refused(cifar10_dir, tmp_path, capsys):
+    """Labels are folder indices: other classes, or the same in another order, would score the wrong labels."""
+    two = link_subset(cifar10_dir, tmp_path / "two", {"train": 2, "test": 2})
+    renamed = link_subset(cifar10_dir, tmp_path / "renamed", {"train": 2, "test": 2})
+    for split in ("train", "test"):
+        for name in sorted(p.name for p in (two / split).iterdir())[2:]:
+            shutil.rmtree(two / split / name)
+        (renamed / split / "automobile").rename(renamed / split / "car")  # sorts after "bird"
+    assert main(["eval", "lenet5", "--weights", "cifar10", "--data-dir", str(two)]) == 2
+    assert f"{two} has 2 classes (airplane, automobile), but the model has 10 outputs" in capsys.readouterr().err
+    assert main(["eval", "lenet5", "--weights", "cifar10", "--data-dir", str(renamed)]) == 2
+    assert f"The classes of {renamed} (airplane, bird, car, " in capsys.readouterr().err
+    out = tmp_path / "export"
+    assert main(["export", "lenet5", "--weights", "cifar10", "--calibration-data", str(two), "--out", str(out)]) == 2
+    assert "has 2 classes" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(ValueError, match="the data has 2 classes"):
+        evaluate(lenet5(weights="cifar10"), load_image_folder_split(two, "test", (32, 32))[0], ["airplane", "automobile"])
 
 
 @pytest.mark.parametrize(

@@ -134,10 +134,10 @@ def cmd_eval(args):
     import json
 
     from zoo.data import Split, load_dataset, load_image_folder_split
-    from zoo.evaluation import evaluate
+    from zoo.evaluation import check_classes, evaluate
     from zoo.loading import load_model
 
-    model, _ = load_model(args.model, weights=args.weights)
+    model, model_class_names = load_model(args.model, weights=args.weights)
     height, width, channels = model.input.shape[1:]
     if args.data_dir:  # only test/ is decoded
         test, class_names = load_image_folder_split(args.data_dir, "test", (height, width), channels)
@@ -151,6 +151,7 @@ def cmd_eval(args):
             validation_size=0, limit=args.limit,
         )
         test, class_names, source = dataset.test, dataset.class_names, dataset.source
+    check_classes(model, class_names, model_class_names, source)
     result = evaluate(model, test, class_names, tta_flip=args.tta_flip)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -189,9 +190,11 @@ def cmd_export(args):
     calibration = verification = labels = None
     if args.calibration_data:
         from zoo.data import load_dataset
+        from zoo.evaluation import check_classes
 
         height, width, channels = model.input.shape[1:]
         data = load_dataset(data_dir=args.calibration_data, image_size=(height, width), channels=channels, validation_size=0)
+        check_classes(model, data.class_names, class_names, data.source)
         calibration = data.train.images[: args.calibration_images]
         verification, labels = data.test.images[: args.verify_images], data.test.labels[: args.verify_images]
         class_names = data.class_names

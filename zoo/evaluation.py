@@ -29,8 +29,24 @@ def probabilities(model, images, *, tta_flip=False, batch_size=256):
     return (result + run(images[:, :, ::-1])) / 2 if tta_flip else result
 
 
+def check_classes(model, class_names, model_class_names=None, source="the data"):
+    """A ValueError unless `class_names` (of the data in `source`) are the model's classes: as many as
+    its outputs and, where the model's own names are known, the same names in the same order."""
+    outputs = model.output.shape[-1]
+    if len(class_names) != outputs:
+        raise ValueError(
+            f"{source} has {len(class_names)} classes ({', '.join(class_names)}), but the model has {outputs} outputs."
+        )
+    if model_class_names is not None and list(model_class_names) != list(class_names):
+        raise ValueError(
+            f"The classes of {source} ({', '.join(class_names)}) are not the model's ({', '.join(model_class_names)}), "
+            "in that order: its accuracy would be measured against the wrong labels."
+        )
+
+
 def evaluate(model, split, class_names, *, tta_flip=False, batch_size=256):
     """Accuracy, cross-entropy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    check_classes(model, class_names)
     probs = probabilities(model, split.images, tta_flip=tta_flip, batch_size=batch_size)
     log_probs = np.log(np.clip(probs, 1e-12, 1.0))
     labels = split.labels
