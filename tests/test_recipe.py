@@ -60,7 +60,7 @@ def test_an_int_is_accepted_where_a_float_is_expected():
         ("schedule.warmup_epochs=-1", r"schedule.warmup_epochs must be >= 0"),
         ("schedule.final_fraction=2", r"schedule.final_fraction must be in \[0, 1\]"),
         ("data.limit=-2", r"data.limit must be >= 0"),
-        ("data.validation_size=-5", r"data.validation_size must be >= 0"),
+        ("data.validation_size=0", r"data.validation_size must be >= 1 \(the best checkpoint is chosen on it\)"),
         ("data.image_size=[32]", r"data.image_size must be \[height, width\], integers >= 1. Received: data.image_size=\[32\]"),
         ("model.fc_units=[64, 0]", r"model.fc_units must be a list of integers >= 1"),
         ("model.dropout=1.0", r"model.dropout must be in \[0, 1\)"),

@@ -78,7 +78,7 @@ RANGES = {
     ("model", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("model", "fc_units"): ("a list of integers >= 1", _positive_ints()),
     ("data", "image_size"): ("[height, width], integers >= 1", _positive_ints(2)),
-    ("data", "validation_size"): (">= 0", lambda v: v >= 0),
+    ("data", "validation_size"): (">= 1 (the best checkpoint is chosen on it)", lambda v: v >= 1),
     ("data", "batch_size"): (">= 1", lambda v: v >= 1),
     ("data", "limit"): (">= 0 (0: all images)", lambda v: v >= 0),
     ("augment", "crop_padding"): (">= 0 (0: off)", lambda v: v >= 0),
