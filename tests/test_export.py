@@ -218,6 +218,12 @@ def test_predict_cli_names_an_unreadable_image(lenet_export, tmp_path, capsys):
     assert f"Cannot read image {broken}" in capsys.readouterr().err
 
 
+def test_bench_cli_names_an_export_without_tflite_files(tmp_path, capsys):
+    (tmp_path / "export.json").write_text(json.dumps({"model": "lenet5", "variants": {}}))
+    assert main(["bench", str(tmp_path)]) == 2
+    assert "has no TFLite files to time" in capsys.readouterr().err
+
+
 def test_bench_cli_times_every_variant_and_keras(lenet_export, capsys):
     out, _ = lenet_export
     assert main(["bench", str(out), "--runs", "100", "--json"]) == 0

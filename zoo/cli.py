@@ -266,6 +266,8 @@ def cmd_bench(args):
     if not os.path.isfile(os.path.join(folder, "export.json")):
         raise FileNotFoundError(f"No export.json in {folder}: point zoo bench at a folder written by zoo export.")
     record = json.loads(open(os.path.join(folder, "export.json")).read())
+    if not record["variants"]:
+        raise FileNotFoundError(f"The export in {folder} has no TFLite files to time (it was made with --formats saved_model).")
     first = next(iter(record["variants"].values()))
     shape = first["input"]["shape"][1:]
     if args.data_dir:
