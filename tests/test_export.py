@@ -205,6 +205,12 @@ def test_predict_cli_reads_any_format_and_prints_top_k(lenet_export, held_out, t
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [str(tmp_path / "a.png"), files[1]]
     assert main(["predict", str(out / "model_int8.tflite"), str(tmp_path / "empty")]) == 2
     assert "Cannot read image" in capsys.readouterr().err
+    (tmp_path / "three.txt").write_text("x\ny\nz\n")
+    assert main(["predict", str(out / "model_int8.tflite"), files[0], "--labels", str(tmp_path / "three.txt")]) == 2
+    assert "three.txt names 3 classes, one per line, but the model has 10 outputs" in capsys.readouterr().err
+    (tmp_path / "ten.txt").write_text("".join(f"name{i}\n" for i in range(10)))
+    assert main(["predict", str(out / "model_int8.tflite"), files[0], "--labels", str(tmp_path / "ten.txt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] == f"name{held_out[1][0]}"
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(out / "model_int8.tflite"), str(tmp_path / "empty")]) == 2
     assert f"No image files in {tmp_path / 'empty'}" in capsys.readouterr().err

@@ -238,11 +238,13 @@ def cmd_predict(args):
     paths = image_files(args.images)
     if not paths:
         raise FileNotFoundError(f"No image files in {', '.join(args.images)}.")
+    given = open(args.labels).read().splitlines() if args.labels else None
     classifier, names = export.load_classifier(args.model, weights=args.weights)
     images = export.load_images(paths, classifier.input_shape)
     probabilities = classifier.predict(images)
-    labels = args.labels and open(args.labels).read().split("\n")[: probabilities.shape[1]]
-    labels = labels or names or [str(i) for i in range(probabilities.shape[1])]
+    if given is not None and len(given) != probabilities.shape[1]:
+        raise ValueError(f"{args.labels} names {len(given)} classes, one per line, but the model has {probabilities.shape[1]} outputs.")
+    labels = given or names or [str(i) for i in range(probabilities.shape[1])]
     top = min(args.top, probabilities.shape[1])
     report = [
         {"image": str(path), "top": [{"class": labels[i], "probability": float(p[i])} for i in np.argsort(-p)[:top]]}
