@@ -3,6 +3,7 @@
 import argparse
 import contextlib
 import os
+import pathlib
 import sys
 import tempfile
 
@@ -238,7 +239,7 @@ def cmd_predict(args):
     paths = image_files(args.images)
     if not paths:
         raise FileNotFoundError(f"No image files in {', '.join(args.images)}.")
-    given = open(args.labels).read().splitlines() if args.labels else None
+    given = pathlib.Path(args.labels).read_text().splitlines() if args.labels else None
     classifier, names = export.load_classifier(args.model, weights=args.weights)
     images = export.load_images(paths, classifier.input_shape)
     probabilities = classifier.predict(images)
@@ -267,7 +268,7 @@ def cmd_bench(args):
     folder = args.folder
     if not os.path.isfile(os.path.join(folder, "export.json")):
         raise FileNotFoundError(f"No export.json in {folder}: point zoo bench at a folder written by zoo export.")
-    record = json.loads(open(os.path.join(folder, "export.json")).read())
+    record = json.loads(pathlib.Path(folder, "export.json").read_text())
     if not record["variants"]:
         raise FileNotFoundError(f"The export in {folder} has no TFLite files to time (it was made with --formats saved_model).")
     first = next(iter(record["variants"].values()))
