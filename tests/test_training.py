@@ -148,7 +148,12 @@ def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_corrected_c
     assert main(typo) == 2
     assert "Missing split folder" in capsys.readouterr().err
     assert main(args) == 0
-    assert "holds no epoch of its other recipe: starting this one there" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "holds no epoch of its other recipe: starting this one there" in out
+    from zoo.training import resolve_precision
+
+    header = f"lenet5 (62,094 params, {resolve_precision('auto')}) on {small_cifar10.resolve()}: 500 train / 500 validation / 500 test images; 1 epoch of 4 steps -> {run_dir}"
+    assert header in out.splitlines()
     assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == str(small_cifar10)
     assert json.loads((run_dir / "results.json").read_text())["resumed_from_epoch"] == []
 

@@ -369,6 +369,13 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, data_threads, backup_every, ve
             metrics=["accuracy"],
         )
     validation = (dataset.val.images, one_hot(dataset.val.labels, num_classes))
+    if dist.chief:
+        print(
+            f"{recipe['model']['name']} ({model.count_params():,} params, {keras.config.dtype_policy().name}) on "
+            f"{dataset.source}: {len(dataset.train):,} train / {len(dataset.val):,} validation / {len(dataset.test):,} "
+            f"test images; {epochs} epoch{'s' if epochs > 1 else ''} of {len(train_batches)} steps -> {run_dir}",
+            flush=True,
+        )
     nan_guard = StopOnNaN()
     callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
     if dist.chief:
