@@ -67,6 +67,14 @@ def test_python_m_recipes_is_zoo_train():
 
 
 @pytest.mark.parametrize(
+    "name, hint", [("lenet5", "lenet5_cifar10"), ("vgg16", "vgg16_bn_cifar10"), ("vgg11_bn_cifar", "vgg11_bn_cifar10")]
+)
+def test_an_unknown_recipe_name_suggests_the_shipped_one(name, hint, capsys):
+    assert main(["train", name]) == 2
+    assert f"Unknown recipe {name!r}. Did you mean: {hint}" in capsys.readouterr().err  # the closest first
+
+
+@pytest.mark.parametrize(
     "args, option",
     [
         (["train", "lenet5_cifar10", "--data-threads", "0"], "--data-threads"),

@@ -1,6 +1,7 @@
 """Training recipes: declarative TOML files, checked against a schema, with `--set key=value` overrides."""
 
 import copy
+import difflib
 import pathlib
 import sys
 
@@ -114,8 +115,10 @@ def locate(name_or_path):
     shipped = RECIPES_DIR / f"{name_or_path}.toml"
     if not shipped.is_file():
         names = available()
+        close = [n for n in names if n.startswith(f"{name_or_path}_")] or difflib.get_close_matches(name_or_path, names, n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         shipped_ones = f"Shipped recipes: {', '.join(names)}" if names else f"No shipped recipes found in {RECIPES_DIR}"
-        raise RecipeError(f"Unknown recipe {name_or_path!r}. {shipped_ones}; or give a path to a .toml file.")
+        raise RecipeError(f"Unknown recipe {name_or_path!r}.{hint} {shipped_ones}; or give a path to a .toml file.")
     return shipped
 
 
