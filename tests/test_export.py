@@ -224,6 +224,16 @@ def test_predict_cli_names_an_unreadable_image(lenet_export, tmp_path, capsys):
     assert f"Cannot read image {broken}" in capsys.readouterr().err
 
 
+def test_labels_txt_is_read_with_or_without_a_final_newline(tmp_path):
+    from zoo.loading import find_labels
+
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"")
+    for text in ("cat\ndog\n", "cat\ndog"):
+        (tmp_path / "labels.txt").write_text(text)
+        assert find_labels(model) == ["cat", "dog"]
+
+
 def test_bench_cli_names_an_export_without_tflite_files(tmp_path, capsys):
     (tmp_path / "export.json").write_text(json.dumps({"model": "lenet5", "variants": {}}))
     assert main(["bench", str(tmp_path)]) == 2

@@ -28,8 +28,7 @@ def load_model(source, weights=None):
         raise FileNotFoundError(f"No such model file or run folder: {source}")
     model_info(source)  # a registered name, else an error listing them
     model = get_model(source, weights=weights)
-    released = weights and not pathlib.Path(weights).is_file()
-    return model, pretrained.card(source, weights)["data"]["classes"] if released else None
+    return model, pretrained.card(source, weights)["data"]["classes"] if pretrained.is_tag(weights) else None
 
 
 def find_labels(model_path):
@@ -37,5 +36,5 @@ def find_labels(model_path):
     path = pathlib.Path(model_path)
     for folder in (path.parent, path.parent.parent) if path.is_file() else (path.parent, path):
         if (folder / "labels.txt").is_file():
-            return (folder / "labels.txt").read_text().split("\n")[:-1]
+            return (folder / "labels.txt").read_text().splitlines()
     return None

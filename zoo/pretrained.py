@@ -22,6 +22,11 @@ HEAD_OPTIONS = ("num_classes", "fc_units", "dropout")
 FREE_OPTIONS = ("dropout",)
 
 
+def is_tag(weights):
+    """Whether a `weights` argument names released weights (a tag such as "cifar10"), not a file."""
+    return isinstance(weights, str) and bool(TAG.fullmatch(weights)) and not os.path.exists(weights)
+
+
 def saved_models_dir():
     """`$ZOO_SAVED_MODELS`, else the shipped `saved_models/` (in the checkout, or bundled in a wheel)."""
     return pathlib.Path(os.environ.get("ZOO_SAVED_MODELS", SAVED_MODELS_DIR))

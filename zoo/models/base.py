@@ -36,7 +36,7 @@ def build_model(arch, *, name, weights=None, **options):
     weights, options left unset take the values the weights were trained with (from the model
     card) and an explicit conflicting option is a ValueError. Other options: see `_build`.
     """
-    if isinstance(weights, str) and pretrained.TAG.fullmatch(weights) and not os.path.exists(weights):
+    if pretrained.is_tag(weights):
         card = pretrained.card(name, weights)
         options = pretrained.resolve_options(card, options)
         weights = pretrained.weights_file(card)
