@@ -1,5 +1,7 @@
 """Image-folder and tfds sources, the validation split, augmentation and batching."""
 
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -214,3 +216,48 @@ def test_shards_split_every_global_batch_and_drop_the_incomplete_last_one():
         np.testing.assert_array_equal(np.concatenate([images for images, _ in parts]), whole[index][0])
     with pytest.raises(ValueError, match=r"shard=\(0, 3\)"):
         Batches(split, 16, shard=(0, 3))
+
+
+def two_class_tree(cifar10_dir, root):
+    """train/ and test/ each with a/{0000,0001}.jpg and b/0002.jpg: copies of real CIFAR-10 images."""
+    for split in ("train", "test"):
+        for name, files in (("a", ("0000.jpg", "0001.jpg")), ("b", ("0002.jpg",))):
+            (root / split / name).mkdir(parents=True)
+            for file in files:
+                shutil.copy2(cifar10_dir / "test" / "cat" / file, root / split / name / file)
+    return root
+
+
+def test_an_image_moved_to_another_class_folder_takes_its_new_label(cifar10_dir, tmp_path, monkeypatch):
+    """Moving a mislabelled image into the right class folder is a routine fix: the cache must not hide it."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    root = two_class_tree(cifar10_dir, tmp_path / "data")
+    before, _, names = data.load_image_folders(root, (32, 32))
+    assert names == ["a", "b"] and before.labels.tolist() == [0, 0, 1]
+    for split in ("train", "test"):
+        shutil.move(root / split / "a" / "0001.jpg", root / split / "b" / "0001.jpg")  # same size and mtime
+    after, test, _ = data.load_image_folders(root, (32, 32))
+    assert after.labels.tolist() == test.labels.tolist() == [0, 1, 1]
+    moved = np.asarray(Image.open(root / "train" / "b" / "0001.jpg"))
+    assert np.array_equal(after.images[1], moved)
+
+
+def test_zoo_eval_sees_an_image_moved_between_class_folders(cifar10_dir, tmp_path, monkeypatch, capsys):
+    """The newcomer's reproduction: the confusion matrix follows the files, not a stale cache."""
+    import json
+
+    from zoo import lenet5
+    from zoo.cli import main
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    root = two_class_tree(cifar10_dir, tmp_path / "data")
+    model_file = tmp_path / "two_classes.keras"
+    lenet5(num_classes=2).save(model_file)
+
+    def row_sums():
+        assert main(["eval", str(model_file), "--data-dir", str(root), "--json"]) == 0
+        return [sum(row) for row in json.loads(capsys.readouterr().out)["confusion_matrix"]]
+
+    assert row_sums() == [2, 1]
+    shutil.move(root / "test" / "a" / "0001.jpg", root / "test" / "b" / "0001.jpg")
+    assert row_sums() == [1, 2]

@@ -190,11 +190,7 @@ def _load_split(folder, class_names, image_size, channels):
             raise ValueError(f"Empty class folder {folder / name}: every class needs at least one image.")
         files += found
         labels += [label] * len(found)
-    key = hashlib.sha256(repr((str(folder.resolve()), image_size, channels)).encode())
-    for f in files:
-        stat = f.stat()
-        key.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    cached = cache_dir() / f"{folder.name}-{key.hexdigest()[:24]}.npz"
+    cached = cache_dir() / f"{folder.name}-{_cache_key(folder, class_names, files, labels, image_size, channels)}.npz"
     if cached.exists():
         with np.load(cached) as data:
             return Split(data["images"], data["labels"])
@@ -203,6 +199,20 @@ def _load_split(folder, class_names, image_size, channels):
     split = Split(images, np.asarray(labels, "int32"))
     write_atomically(cached, lambda tmp: _save_npz(tmp, images=split.images, labels=split.labels))
     return split
+
+
+CACHE_FORMAT = 2  # bump when what the arrays hold changes for the same files
+
+
+def _cache_key(folder, class_names, files, labels, image_size, channels):
+    """A digest of everything that defines a split's arrays: the folder, the class list, every file's
+    path below the folder (so its class folder), label, size and mtime, and the decoding options.
+    Moving an image to another class folder, or renaming a class, gives another key."""
+    key = hashlib.sha256(repr((CACHE_FORMAT, str(folder.resolve()), list(class_names), tuple(image_size), channels)).encode())
+    for f, label in zip(files, labels):
+        stat = f.stat()
+        key.update(f"{f.relative_to(folder).as_posix()}:{label}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return key.hexdigest()[:24]
 
 
 def _save_npz(path, **arrays):
