@@ -100,9 +100,10 @@ def test_a_file_that_is_not_an_image(tmp_path):
         load_dataset(data_dir=tmp_path, validation_size=1)
 
 
-def test_tfds_source_with_mock_data():
+def test_tfds_source_with_mock_data(monkeypatch):
     import tensorflow_datasets as tfds
 
+    monkeypatch.setattr(data, "network_reachable", lambda hosts: True)  # mock_data downloads nothing
     with tfds.testing.mock_data(num_examples=60):
         ds = load_dataset("cifar10", validation_size=10, seed=0)
     assert len(ds.class_names) == 10  # names come from metadata that mock_data does not load
@@ -123,6 +124,7 @@ def test_a_tfds_download_without_network_is_a_clear_error(tmp_path, monkeypatch,
         raise requests.exceptions.ConnectionError("no network in this test")
 
     monkeypatch.setattr(requests.Session, "send", offline)
+    monkeypatch.setattr(data, "network_reachable", lambda hosts: True)  # as on a machine whose network fails later
     with pytest.raises(DataUnavailableError, match="could not download 'cifar10'.*no network in this test.*--data-dir DIR"):
         load_dataset("cifar10", tfds_data_dir=str(tmp_path / "tfds"))
     args = ["train", "lenet5_cifar10", "--tfds-data-dir", str(tmp_path / "tfds"), "--epochs", "1", "--out", str(tmp_path / "run")]
@@ -261,3 +263,27 @@ def test_zoo_eval_sees_an_image_moved_between_class_folders(cifar10_dir, tmp_pat
     assert row_sums() == [2, 1]
     shutil.move(root / "test" / "a" / "0001.jpg", root / "test" / "b" / "0001.jpg")
     assert row_sums() == [1, 2]
+
+
+def test_without_network_tfds_fails_at_once_and_makes_no_folder(tmp_path, monkeypatch, capsys):
+    """tfds retried for ~210 s before its error, and made ~/tensorflow_datasets on the way."""
+    import socket
+    import time
+
+    from zoo.cli import main
+
+    def unreachable(address, timeout=None):
+        raise OSError(f"no route to {address[0]} in this test")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    for name in data.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    started = time.perf_counter()
+    with pytest.raises(DataUnavailableError, match=r"would download 'cifar10' into .*, but this machine reaches none of www.cs.toronto.edu, storage.googleapis.com\. Without internet, give image folders"):
+        load_dataset("cifar10")
+    assert main(["eval", "lenet5", "--weights", "cifar10"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].endswith("The figures of lenet5(weights='cifar10') were measured on CIFAR-10 test, local 5k half (JPEG copy).")
+    assert time.perf_counter() - started < 30
+    assert not (tmp_path / "tfds").exists()

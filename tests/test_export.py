@@ -204,7 +204,7 @@ def test_predict_cli_reads_any_format_and_prints_top_k(lenet_export, held_out, t
     assert main(["predict", str(out / "model_int8.tflite"), str(tmp_path), "--json"]) == 0  # a folder of images
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [str(tmp_path / "a.png"), files[1]]
     assert main(["predict", str(out / "model_int8.tflite"), str(tmp_path / "empty")]) == 2
-    assert "Cannot read image" in capsys.readouterr().err
+    assert f"No such image file: {tmp_path / 'empty'}" in capsys.readouterr().err
     (tmp_path / "three.txt").write_text("x\ny\nz\n")
     assert main(["predict", str(out / "model_int8.tflite"), files[0], "--labels", str(tmp_path / "three.txt")]) == 2
     assert "three.txt names 3 classes, one per line, but the model has 10 outputs" in capsys.readouterr().err
@@ -221,7 +221,8 @@ def test_predict_cli_names_an_unreadable_image(lenet_export, tmp_path, capsys):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     assert main(["predict", str(out / "model_int8.tflite"), str(broken)]) == 2
-    assert f"Cannot read image {broken}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"zoo predict: error: Cannot decode image file {broken}: not an image format Pillow can read."]
 
 
 def test_labels_txt_is_read_with_or_without_a_final_newline(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -204,3 +205,45 @@ def test_commands_name_a_bad_model(args, message, capsys, tmp_path, monkeypatch)
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "viz", "predict"])
+def test_a_model_name_without_weights_asks_which_weights(command, capsys, tmp_path, monkeypatch):
+    """A name alone used to evaluate random weights (accuracy 0.10) without a word; `none` asks for them."""
+    monkeypatch.chdir(tmp_path)
+    extra = {"eval": [], "export": ["--out", "x"], "viz": ["--filters", "--out", "x"], "predict": ["a.png"]}[command]
+    assert main([command, "lenet5", *extra]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"zoo {command}: error: 'lenet5' is a model name: say which weights with --weights: a released tag (cifar10), "
+        "a .weights.h5 or .keras file, or none for untrained random weights."
+    ]
+    no_release = _error_of(["eval", "vgg13"], capsys)
+    assert "or none for untrained" in no_release and "released tag" not in no_release
+    assert not (tmp_path / "x").exists()
+
+
+def _error_of(args, capsys):
+    assert main(args) == 2
+    return capsys.readouterr().err
+
+
+def test_corrupt_files_are_one_line_naming_the_file(capsys, tmp_path, monkeypatch, cifar10_dir):
+    monkeypatch.chdir(tmp_path)
+    noise = np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    for name in ("corrupt.weights.h5", "corrupt.keras"):
+        (tmp_path / name).write_bytes(noise)
+    (tmp_path / "labels").mkdir()
+    cases = [
+        (["eval", "lenet5", "--weights", "corrupt.weights.h5"], "Weights file 'corrupt.weights.h5' cannot be read: it is not an HDF5 file"),
+        (["eval", "lenet5", "--weights", "corrupt.keras"], "Weights file 'corrupt.keras' cannot be read: it is not a .keras archive"),
+        (["eval", "corrupt.keras"], "corrupt.keras is not a .keras model file: it is not the zip archive Keras writes"),
+        (["predict", "lenet5", "--weights", "cifar10", str(cifar10_dir / "test" / "cat" / "0000.jpg"), "--labels", "labels"],
+         "Labels file labels is a folder: give a text file with one class name per line."),
+    ]
+    for args, message in cases:
+        err = _error_of(args, capsys).splitlines()
+        assert len(err) == 1 and err[0].startswith(f"zoo {args[0]}: error: ") and message in err[0], err
+    with zipfile.ZipFile(tmp_path / "empty.keras", "w") as archive:  # a zip, but not one Keras wrote
+        archive.writestr("notes.txt", "hello")
+    err = _error_of(["eval", "empty.keras"], capsys).splitlines()
+    assert len(err) == 1 and "Cannot load empty.keras as a Keras model" in err[0], err

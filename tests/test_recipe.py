@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from zoo import recipe as recipes
@@ -67,8 +69,22 @@ def test_an_int_is_accepted_where_a_float_is_expected():
     ],
 )
 def test_bad_overrides_name_the_key(override, message):
-    with pytest.raises(RecipeError, match=message):
+    with pytest.raises(RecipeError, match=message) as error:
         recipes.load("lenet5_cifar10", [override])
+    assert str(error.value).startswith(f"--set {override}: "), "the error names the --set option, not the recipe file"
+
+
+@pytest.mark.parametrize("value", ["inf", "+inf", "nan", "-inf"])
+def test_float_keys_must_be_finite(value):
+    with pytest.raises(RecipeError, match=rf"--set optimizer.learning_rate={re.escape(value)}: optimizer.learning_rate must be a finite number"):
+        recipes.load("lenet5_cifar10", [f"optimizer.learning_rate={value}"])
+
+
+def test_errors_of_the_file_itself_name_the_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('[model]\nname = "lenet5"\ndropout = 2.0\n')
+    with pytest.raises(RecipeError, match=rf"^{re.escape(str(path))}: model.dropout must be in"):
+        recipes.load(path, ["optimizer.learning_rate=0.1"])
 
 
 def test_recipe_files_are_checked(tmp_path):

@@ -78,6 +78,25 @@ def test_real_data_smoke_run_writes_a_complete_run_folder(trained_run):
     for png in ("history.png", "confusion_matrix.png"):
         assert Image.open(trained_run / "plots" / png).size[0] > 300
     assert not (trained_run / "backup").exists()
+
+
+def test_run_folder_files_get_the_umasks_mode_like_any_new_file(trained_run, tmp_path):
+    """model.keras, results.json and state.json were owner-only (mkstemp's 0600): a colleague or a
+    serving process could not read a shared run folder."""
+    from zoo.files import umask, write_atomically
+
+    modes = {f.relative_to(trained_run).as_posix(): f.stat().st_mode & 0o777 for f in trained_run.rglob("*") if f.is_file()}
+    assert {"model.keras", "results.json", "state.json", "history.csv", "recipe.toml"} <= set(modes)
+    assert set(modes.values()) == {0o666 & ~umask()}, modes
+    previous = os.umask(0o022)
+    try:
+        write_atomically(tmp_path / "shared.json", lambda tmp: open(tmp, "w").write("{}"))
+        os.umask(0o077)
+        write_atomically(tmp_path / "private.json", lambda tmp: open(tmp, "w").write("{}"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "shared.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.json").stat().st_mode & 0o777 == 0o600
     model = keras.saving.load_model(trained_run / "model.keras", safe_mode=True)
     assert model.name == "lenet5" and model.get_layer("block1_bn1")
 
@@ -112,10 +131,18 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, sma
 
     with monkeypatch.context() as m:
         m.setattr(training, "_fit", crash)
+        for _ in range(2):  # a replacement that dies before its first checkpoint puts the finished run back
+            with pytest.raises(RuntimeError, match="the new run died"):
+                main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"])
+            assert (run_dir / "results.json").read_bytes() == (trained_run / "results.json").read_bytes()
+            assert not previous.exists() and f"the previous run is back in {run_dir}" in capsys.readouterr().out
+    with monkeypatch.context() as m:  # one that dies after a checkpoint stays, beside the finished run
+        m.setattr(training, "finish", crash)
         for _ in range(2):  # a second --overwrite replaces the unfinished run, not the finished one
             with pytest.raises(RuntimeError, match="the new run died"):
                 main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"])
     assert (previous / "results.json").read_bytes() == (trained_run / "results.json").read_bytes()
+    assert (run_dir / "model.keras").exists() and not (run_dir / "results.json").exists()
     assert main([*quick_args(small_cifar10, run_dir, epochs=1, limit=500), "--overwrite"]) == 0
     assert f"previous run is kept in {previous}" in capsys.readouterr().out
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 1 and not previous.exists()
@@ -141,18 +168,19 @@ def test_a_run_folder_in_use_by_another_training_is_refused(small_cifar10, tmp_p
     assert not run_dir.exists()
 
 
-def test_a_run_that_failed_before_its_first_epoch_does_not_block_the_corrected_command(small_cifar10, tmp_path, capsys):
+def test_a_run_that_failed_before_its_first_epoch_leaves_nothing_and_does_not_block_the_corrected_command(small_cifar10, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=1, limit=500)
     typo = [*args, "--data-dir", str(tmp_path / "typo"), "--set", "optimizer.learning_rate=0.5"]  # the last --data-dir wins
     assert main(typo) == 2
     assert "Missing split folder" in capsys.readouterr().err
+    assert not run_dir.exists(), "a folder holding only recipe.toml is a leftover"
+    run_dir.mkdir()  # as a kill -9 before the first backup leaves it: the recipe of that attempt only
+    (run_dir / "recipe.toml").write_text(recipes.to_toml(recipes.load("lenet5_cifar10", ["optimizer.learning_rate=0.5"])))
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "holds no epoch of its other recipe: starting this one there" in out
-    from zoo.training import resolve_precision
-
-    header = f"lenet5 (62,094 params, {resolve_precision('auto')}) on {small_cifar10.resolve()}: 500 train / 500 validation / 500 test images; 1 epoch of 4 steps -> {run_dir}"
+    header = f"lenet5 (62,094 params, float32) on {small_cifar10.resolve()}: 500 train / 500 validation / 500 test images; 1 epoch of 4 steps -> {run_dir}"
     assert header in out.splitlines()
     assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == str(small_cifar10)
     assert json.loads((run_dir / "results.json").read_text())["resumed_from_epoch"] == []
@@ -232,6 +260,48 @@ def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(small_cifar10
     assert results["stopped"] == "nan_loss" and results["epochs"] < 4
     assert all(np.isfinite(w).all() for w in weights_of(tmp_path / "nan" / "model.keras"))
     assert results["test_accuracy"] > 0.1
+
+
+@pytest.mark.parametrize("learning_rate", ["1e6", "1e30"])
+def test_a_run_that_diverges_before_its_first_checkpoint_ends_in_one_line(learning_rate, small_cifar10, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    code = main([*quick_args(small_cifar10, run_dir, epochs=2, limit=500), "--set", f"optimizer.learning_rate={learning_rate}"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.err.splitlines() == [
+        f"zoo train: error: the loss became NaN before the first validation, so there is no checkpoint to keep "
+        f"(learning rate {float(learning_rate):g}): try a lower optimizer.learning_rate, or check the data."
+    ]
+    assert "keeping the last good checkpoint" not in captured.out
+    assert not run_dir.exists(), "nothing to resume: the corrected command starts afresh"
+
+
+def test_auto_precision_follows_the_cpu_flags_and_pinned_precision_does_not(tmp_path):
+    """The machines differ (AVX2-only, AVX512-BF16, AMX): each kind, mocked here, gets its own policy."""
+    from zoo.training import resolve_precision
+
+    cpuinfo = tmp_path / "cpuinfo"
+    for flags, expected in (
+        ("fpu sse2 avx avx2 fma", "float32"),
+        ("fpu avx2 avx512f avx512_bf16", "mixed_bfloat16"),
+        ("fpu avx2 amx_bf16 amx_tile", "mixed_bfloat16"),
+    ):
+        cpuinfo.write_text(f"processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+        assert resolve_precision("auto", cpuinfo) == expected, flags
+        assert resolve_precision("float32", cpuinfo) == "float32"
+        assert resolve_precision("mixed_float16", cpuinfo) == "mixed_float16"
+    assert resolve_precision("auto", tmp_path / "absent") == "float32"  # no /proc (macOS): the safe choice
+
+
+@pytest.mark.parametrize("flags, policy", [({"avx2"}, "float32"), ({"avx2", "avx512_bf16"}, "mixed_bfloat16")])
+def test_a_recipe_with_auto_precision_trains_in_the_policy_of_the_cpu_kind(flags, policy, small_cifar10, tmp_path, monkeypatch, capsys):
+    import zoo.training
+
+    monkeypatch.setattr(zoo.training, "cpu_flags", lambda cpuinfo=None: flags)
+    run_dir = tmp_path / "run"
+    assert main([*quick_args(small_cifar10, run_dir, epochs=1, limit=200), "--set", "training.precision=auto"]) == 0
+    assert f"lenet5 (62,094 params, {policy}) on " in capsys.readouterr().out
+    assert json.loads((run_dir / "results.json").read_text())["precision"] == policy
 
 
 def test_best_checkpoint_every_n_epochs_writes_the_best_weights_with_the_backups(tmp_path):

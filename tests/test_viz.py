@@ -113,15 +113,15 @@ def test_viz_errors(tmp_path, capsys, report_folder, cifar10_dir):
         viz.filters(dense)
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")
-    with pytest.raises(viz.VizError, match=f"Cannot decode image {re.escape(str(broken))}"):
+    with pytest.raises(ValueError, match=f"Cannot decode image file {re.escape(str(broken))}: not an image format Pillow can read"):
         viz.load_image(broken, model)
     # The CLI: an existing folder is refused, and nothing is drawn before the checks.
     before = sorted(p.name for p in report_folder.iterdir())
     assert main(["viz", "lenet5", "--weights", "cifar10", "--image", str(cifar10_dir / CAT), "--out", str(report_folder)]) == 2
     assert "exists" in capsys.readouterr().err and sorted(p.name for p in report_folder.iterdir()) == before
-    assert main(["viz", "lenet5", "--image", str(broken), "--out", str(tmp_path / "x")]) == 2
+    assert main(["viz", "lenet5", "--weights", "none", "--image", str(broken), "--out", str(tmp_path / "x")]) == 2
     assert "Cannot decode image" in capsys.readouterr().err
-    assert main(["viz", "lenet5", "--layers", "block1_conv1,nope", "--filters", "--out", str(tmp_path / "x")]) == 2
+    assert main(["viz", "lenet5", "--weights", "none", "--layers", "block1_conv1,nope", "--filters", "--out", str(tmp_path / "x")]) == 2
     assert "Unknown layer name(s) 'nope'" in capsys.readouterr().err
     assert main(["viz", "lenet5", "--out", str(tmp_path / "x")]) == 2
     assert "Nothing to draw" in capsys.readouterr().err

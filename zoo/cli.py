@@ -112,9 +112,13 @@ def _positive_int(text):
     return value
 
 
+class CommandFailed(Exception):
+    """A command that ran and failed for a reason its message says in full (exit code 1)."""
+
+
 def cmd_train(args):
     from zoo import recipe as recipes
-    from zoo.training import train
+    from zoo.training import TrainingDiverged, train
 
     overrides = list(args.set)
     if args.data_dir:
@@ -125,16 +129,20 @@ def cmd_train(args):
         overrides.append(f"training.epochs={args.epochs}")
     recipe = recipes.load(args.recipe, overrides)
     out = args.out or os.path.join("runs", recipe["name"])
-    train(
-        recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads,
-        backup_every=args.backup_every,
-    )
+    try:
+        train(
+            recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads,
+            backup_every=args.backup_every,
+        )
+    except TrainingDiverged as e:
+        raise CommandFailed(e) from None
 
 
 def cmd_eval(args):
     import json
 
-    from zoo.data import Split, load_dataset, load_image_folder_split
+    from zoo import pretrained
+    from zoo.data import DataUnavailableError, Split, load_dataset, load_image_folder_split
     from zoo.evaluation import check_classes, evaluate
     from zoo.loading import load_model
 
@@ -147,10 +155,16 @@ def cmd_eval(args):
             test = Split(test.images[keep], test.labels[keep])
         source = os.path.abspath(args.data_dir)
     else:
-        dataset = load_dataset(
-            args.source, tfds_data_dir=args.tfds_data_dir, image_size=(height, width), channels=channels,
-            validation_size=0, limit=args.limit,
-        )
+        try:
+            dataset = load_dataset(
+                args.source, tfds_data_dir=args.tfds_data_dir, image_size=(height, width), channels=channels,
+                validation_size=0, limit=args.limit,
+            )
+        except DataUnavailableError as e:
+            if not pretrained.is_tag(args.weights):
+                raise
+            card = pretrained.card(args.model, args.weights)
+            raise DataUnavailableError(f"{e} The figures of {_model_title(args)} were measured on {card['data']['test']}.") from None
         test, class_names, source = dataset.test, dataset.class_names, dataset.source
     check_classes(model, class_names, model_class_names, source)
     result = evaluate(model, test, class_names, tta_flip=args.tta_flip)
@@ -235,11 +249,12 @@ def cmd_predict(args):
 
     from zoo import export
     from zoo.data import image_files
+    from zoo.loading import read_labels
 
     paths = image_files(args.images)
     if not paths:
         raise FileNotFoundError(f"No image files in {', '.join(args.images)}.")
-    given = pathlib.Path(args.labels).read_text().splitlines() if args.labels else None
+    given = read_labels(args.labels) if args.labels else None
     classifier, names = export.load_classifier(args.model, weights=args.weights)
     images = export.load_images(paths, classifier.input_shape)
     probabilities = classifier.predict(images)
@@ -411,6 +426,9 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except CommandFailed as e:
+        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: a message, not a traceback through Keras
         resume = " (run the same command again to resume from the last backup)" if args.command == "train" else ""
         print(f"\nzoo {args.command}: interrupted{resume}", file=sys.stderr)

@@ -10,6 +10,8 @@ import difflib
 import hashlib
 import os
 import pathlib
+import socket
+import urllib.parse
 
 import numpy as np
 
@@ -85,8 +87,8 @@ def load_dataset(
     test = _take(test, rng.permutation(len(test)))
     if not 0 <= validation_size < len(train):
         raise ValueError(
-            f"`validation_size` must be in [0, {len(train)}) for {len(train)} training images. "
-            f"Received: validation_size={validation_size!r}"
+            f"data.validation_size (images carved from train for validation) must be less than the {len(train):,} "
+            f"training images of {source}, leaving some to train on. Received: data.validation_size={validation_size!r}"
         )
     val, train = _take(train, slice(0, validation_size)), _take(train, slice(validation_size, None))
     if limit:
@@ -110,14 +112,22 @@ def load_tfds(name, image_size, channels, data_dir=None):
             f"Unknown tensorflow-datasets name.{' Did you mean: ' + ', '.join(close) + '?' if close else ''} "
             f"See https://www.tensorflow.org/datasets/catalog. Received: source={name!r}"
         ) from None
+    offline_hint = (
+        "Without internet, give image folders (--data-dir DIR with DIR/train/<class>/*, DIR/test/<class>/*), "
+        "or the --tfds-data-dir where it is already prepared."
+    )
+    if not builder.is_prepared():
+        # tfds retries a failed download for minutes (and makes ~/tensorflow_datasets first): ask once, fast.
+        hosts = [h for h in (urllib.parse.urlparse(builder.info.homepage or "").hostname, "storage.googleapis.com") if h]
+        if not network_reachable(hosts):
+            raise DataUnavailableError(
+                f"tensorflow-datasets would download '{name}' into {builder.data_dir}, but this machine reaches none of "
+                f"{', '.join(hosts)}. {offline_hint}"
+            )
     try:
         builder.download_and_prepare()
     except OSError as e:  # e.g. requests' ConnectionError on a machine without internet
-        raise DataUnavailableError(
-            f"tensorflow-datasets could not download '{name}' into {builder.data_dir}: {e}. Without internet, "
-            "give image folders (--data-dir DIR with DIR/train/<class>/*, DIR/test/<class>/*), or the "
-            "--tfds-data-dir where it is already prepared."
-        ) from None
+        raise DataUnavailableError(f"tensorflow-datasets could not download '{name}' into {builder.data_dir}: {e}. {offline_hint}") from None
     class_names = builder.info.features["label"].names
     splits = []
     for split in ("train", "test"):
@@ -126,6 +136,23 @@ def load_tfds(name, image_size, channels, data_dir=None):
         labels = np.concatenate([b[1] for b in batches]).astype("int32")
         splits.append(Split(_resize(images, image_size, channels), labels))
     return splits[0], splits[1], class_names
+
+
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def network_reachable(hosts, timeout=3.0):
+    """Whether a TCP connection to port 443 of any of `hosts` opens within `timeout` seconds (assumed
+    so behind a proxy, which only the downloader knows how to use)."""
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return True
+    for host in hosts:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _resize(images, image_size, channels):
@@ -223,10 +250,22 @@ def _save_npz(path, **arrays):
 def _decode(path, image_size, channels):
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"Not an image file: {path} (expected one of {', '.join(IMAGE_SUFFIXES)}).")
+    return read_image(path, image_size, channels)
+
+
+def read_image(path, image_size, channels=3):
+    """One image file of any common format as uint8 [H, W, channels], resized to `image_size`; a
+    ValueError naming the file when it is not an image (Pillow's own message names a BytesIO object)."""
+    from PIL import UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such image file: {path}")
     try:
-        image = keras.utils.load_img(path, color_mode=COLOR_MODES[channels], target_size=image_size)
-    except Exception as e:
-        raise ValueError(f"Cannot decode image file {path}: {e}") from None
+        image = keras.utils.load_img(path, color_mode=COLOR_MODES[channels], target_size=tuple(image_size))
+    except UnidentifiedImageError:
+        raise ValueError(f"Cannot decode image file {path}: not an image format Pillow can read.") from None
+    except Exception as e:  # truncated or damaged files raise OSError, SyntaxError, ...
+        raise ValueError(f"Cannot decode image file {path}: {type(e).__name__}: {e}") from None
     return np.asarray(image, "uint8").reshape(*image_size, channels)
 
 

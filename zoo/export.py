@@ -22,7 +22,7 @@ import keras
 
 from zoo.evaluation import outputs_probabilities, probabilities
 from zoo.files import replace_folder, sha256
-from zoo.loading import find_labels, load_model
+from zoo.loading import find_labels, load_keras_file, load_model
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # What every export must prove against the Keras model (top-1 agreement, |probability| difference).
@@ -373,16 +373,10 @@ def load_classifier(source, weights=None, num_threads=None):
 
 def load_images(paths, input_shape):
     """Decode image files of any common format, resized to `input_shape` [H, W, C], as uint8."""
+    from zoo.data import read_image
+
     height, width, channels = input_shape
-    mode = {1: "grayscale", 3: "rgb", 4: "rgba"}[channels]
-    images = []
-    for path in paths:
-        try:
-            image = keras.utils.load_img(path, color_mode=mode, target_size=(height, width))
-        except Exception as e:
-            raise ExportError(f"Cannot read image {path}: {e}") from None
-        images.append(np.asarray(image, "uint8").reshape(height, width, channels))
-    return np.stack(images)
+    return np.stack([read_image(path, (height, width), channels) for path in paths])
 
 
 def benchmark(folder, images, *, num_threads=1, runs=100, warmup=10):
@@ -405,7 +399,7 @@ def benchmark(folder, images, *, num_threads=1, runs=100, warmup=10):
 
     rows = []
     if (folder / "model.keras").is_file():
-        model = keras.saving.load_model(folder / "model.keras", compile=False)
+        model = load_keras_file(folder / "model.keras")
         rows.append({"variant": "keras", "file": "model.keras", "bytes": (folder / "model.keras").stat().st_size,
                      **timed(lambda image: model(np.asarray(image, "float32")[None], training=False))})
     for variant, entry in record["variants"].items():

@@ -12,14 +12,26 @@ PACKAGE = pathlib.Path(__file__).resolve().parent
 BUNDLED = PACKAGE / "_bundled"  # what a wheel carries of the top-level folders (see setup.py)
 
 
+def umask():
+    """The process's umask (read by setting it, and at once setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(path, write):
-    """Call `write(tmp_path)` on a temporary file beside `path`, then move it onto `path` in one step."""
+    """Call `write(tmp_path)` on a temporary file beside `path`, then move it onto `path` in one step.
+
+    The file gets the mode any new file gets under the umask (mkstemp's are owner-only), so a
+    colleague or a serving process can read a shared run folder as it can read the exports.
+    """
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -34,9 +46,7 @@ def write_text_atomically(path, text):
 def replace_folder(staging, out):
     """Replace `out` by `staging` (a `tempfile.mkdtemp` folder, made world-readable like any new
     folder), keeping the old folder until the new one is in place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)
+    os.chmod(staging, 0o777 & ~umask())
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}-previous")

@@ -3,16 +3,20 @@ a `.keras` file, or a run folder holding `model.keras`; and the class names that
 
 import json
 import pathlib
+import zipfile
 
 import keras
 
 from zoo import pretrained
 from zoo.models import get_model, model_info
 
+RANDOM_WEIGHTS = "none"  # what a user passes to mean a random initialisation, as keras.applications' weights=None
+
 
 def load_model(source, weights=None):
     """`(model, class names or None)` for `source`: a run folder, a `.keras` file, or a registered
-    model name built with `weights` (a released tag such as "cifar10", or a weights file)."""
+    model name built with `weights` (a released tag such as "cifar10", a weights file, or "none" for
+    a random initialisation, which must be asked for: a name alone is an error naming the choices)."""
     path = pathlib.Path(source)
     if path.is_dir() and (path / "model.keras").is_file():  # a run folder
         path = path / "model.keras"
@@ -21,14 +25,46 @@ def load_model(source, weights=None):
             raise ValueError(f"`weights` applies to a model name, not to a model file ({path}). Received: weights={weights!r}")
         results = path.parent / "results.json"
         names = find_labels(path) or (json.loads(results.read_text())["data"]["class_names"] if results.is_file() else None)
-        return keras.saving.load_model(path, compile=False), names
+        return load_keras_file(path), names
     if path.is_dir():
         raise FileNotFoundError(f"{source} is a folder without model.keras, not a run folder")
     if path.suffix or len(path.parts) > 1:  # model names have neither
         raise FileNotFoundError(f"No such model file or run folder: {source}")
-    model_info(source)  # a registered name, else an error listing them
-    model = get_model(source, weights=weights)
-    return model, pretrained.card(source, weights)["data"]["classes"] if pretrained.is_tag(weights) else None
+    info = model_info(source)  # a registered name, else an error listing them
+    if not weights:
+        released = ", ".join(info.weights)
+        raise ValueError(
+            f"'{source}' is a model name: say which weights with --weights: "
+            + (f"a released tag ({released}), " if released else "")
+            + f"a .weights.h5 or .keras file, or {RANDOM_WEIGHTS} for untrained random weights."
+        )
+    model = get_model(source, weights=None if weights == RANDOM_WEIGHTS else weights)
+    return model, pretrained.card(source, weights)["data"]["classes"] if pretrained.is_tag(weights) and weights != RANDOM_WEIGHTS else None
+
+
+def load_keras_file(path, compile=False):
+    """`keras.saving.load_model(path)`, with a one-line ValueError naming the file when it is not a
+    model Keras can read (Keras itself says "File not found" for a corrupt file)."""
+    path = pathlib.Path(path)
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .keras model file: it is not the zip archive Keras writes (corrupt or truncated?).")
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except (ValueError, KeyError, OSError, TypeError, zipfile.BadZipFile) as e:
+        raise ValueError(f"Cannot load {path} as a Keras model: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def read_labels(path):
+    """Class names from a text file, one per line; a ValueError naming the path when it is not one."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ValueError(f"Labels file {path} is a folder: give a text file with one class name per line.")
+    if not path.is_file():
+        raise FileNotFoundError(f"No such labels file: {path}")
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"Labels file {path} is not UTF-8 text: give a text file with one class name per line.") from None
 
 
 def find_labels(model_path):
@@ -36,5 +72,5 @@ def find_labels(model_path):
     path = pathlib.Path(model_path)
     for folder in (path.parent, path.parent.parent) if path.is_file() else (path.parent, path):
         if (folder / "labels.txt").is_file():
-            return (folder / "labels.txt").read_text().splitlines()
+            return read_labels(folder / "labels.txt")
     return None

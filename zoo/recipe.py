@@ -2,6 +2,7 @@
 
 import copy
 import difflib
+import math
 import pathlib
 import sys
 
@@ -129,9 +130,8 @@ def load(name_or_path, overrides=()):
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: invalid TOML: {e}") from None
-    for override in overrides:
-        _apply_override(raw, override)
-    recipe = resolve(raw, source=str(path))
+    given = {_apply_override(raw, override): override for override in overrides}
+    recipe = resolve(raw, source=str(path), overrides=given)
     recipe["name"] = path.stem
     return recipe
 
@@ -139,7 +139,7 @@ def load(name_or_path, overrides=()):
 def _apply_override(raw, override):
     key, sep, text = override.partition("=")
     if not sep or not key:
-        raise RecipeError(f"An override must look like section.key=value. Received: {override!r}")
+        raise RecipeError(f"--set {override}: an override must look like section.key=value. Received: {override!r}")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -149,29 +149,38 @@ def _apply_override(raw, override):
     for section in sections:
         table = table.setdefault(section, {})
         if not isinstance(table, dict):
-            raise RecipeError(f"{key!r} is not a recipe key. Received: {override!r}")
+            raise RecipeError(f"--set {override}: {key!r} is not a recipe key.")
     table[leaf] = value
+    return key.strip()
 
 
-def resolve(raw, source="recipe"):
-    """Check `raw` against the schema and fill in defaults; a RecipeError names any bad key or value."""
+def resolve(raw, source="recipe", overrides=None):
+    """Check `raw` against the schema and fill in defaults; a RecipeError names any bad key or value,
+    and where it came from: `source`, or the `--set` option of `overrides` (dotted key -> option text)."""
+    overrides = overrides or {}
+
+    def where(*keys):
+        dotted = ".".join(k for k in keys if k)
+        given = [text for key, text in overrides.items() if key == dotted or key.startswith(f"{dotted}.")]
+        return f"--set {given[0]}" if given else source
+
     for key in raw:
         if key not in SCHEMA and key != "description":
             raise RecipeError(
-                f"{source}: unknown recipe key {key!r}. Valid: description, {', '.join(f'[{s}]' for s in SCHEMA)}."
+                f"{where(key)}: unknown recipe key {key!r}. Valid: description, {', '.join(f'[{s}]' for s in SCHEMA)}."
             )
-    recipe = {"description": _check("", "description", raw.get("description", ""), str, source)}
+    recipe = {"description": _check("", "description", raw.get("description", ""), str, where("description"))}
     for section, fields in SCHEMA.items():
         given = raw.get(section, {})
         if not isinstance(given, dict):
-            raise RecipeError(f"{source}: [{section}] must be a table. Received: {section}={given!r}")
+            raise RecipeError(f"{where(section)}: [{section}] must be a table. Received: {section}={given!r}")
         table = recipe[section] = {}
         for key, value in given.items():
             if key not in fields:
                 raise RecipeError(
-                    f"{source}: unknown key '{section}.{key}'. Valid keys in [{section}]: {', '.join(fields)}."
+                    f"{where(section, key)}: unknown key '{section}.{key}'. Valid keys in [{section}]: {', '.join(fields)}."
                 )
-            table[key] = _check(section, key, value, fields[key][0], source)
+            table[key] = _check(section, key, value, fields[key][0], where(section, key))
         for key, (_, default) in fields.items():
             if key not in table:
                 if default is REQUIRED:
@@ -190,6 +199,8 @@ def _check(section, key, value, kind, source):
         value, ok = float(value), True
     if not ok:
         raise RecipeError(f"{source}: {_dotted(section, key)} must be of type {kind.__name__}. Received: {_dotted(section, key)}={value!r}")
+    if kind is float and not math.isfinite(value):  # TOML has inf and nan
+        raise RecipeError(f"{source}: {_dotted(section, key)} must be a finite number. Received: {_dotted(section, key)}={value!r}")
     choices = CHOICES.get((section, key))
     if choices and value not in choices:
         raise RecipeError(f"{source}: {_dotted(section, key)} must be one of {', '.join(choices)}. Received: {_dotted(section, key)}={value!r}")

@@ -16,13 +16,12 @@ import tempfile
 import h5py
 import numpy as np
 
-import keras
-
 from zoo import pretrained
 from zoo.data import load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
 from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model, require_tensorflow_backend
 from zoo.files import BUNDLED, replace_folder, sha256
+from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
 from zoo.models.base import count_macs, options_of
 
@@ -84,7 +83,7 @@ def release(
     if out.exists() and not overwrite:
         raise FileExistsError(f"Release folder {out} exists. Use --overwrite to replace it (it is kept if the release fails).")
 
-    trained = float32_model(keras.saving.load_model(run_dir / "model.keras"))
+    trained = float32_model(load_keras_file(run_dir / "model.keras"))
     options = options_of(trained)
     height, width, channels = options["input_shape"]
     if data_dir:  # file order, so that a test can recompute the card's int8 check

@@ -32,6 +32,10 @@ class RunFolderError(FileExistsError):
     """A run folder that cannot be used as asked (finished, or started with another recipe)."""
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN before the first checkpoint: the run has nothing to keep."""
+
+
 def prepare_run_folder(run_dir, recipe, overwrite=False):
     """Create `run_dir`, or check that it can be resumed; return the epoch to resume from (0: fresh)."""
     run_dir = pathlib.Path(run_dir)
@@ -108,22 +112,30 @@ def make_optimizer(recipe, steps_per_epoch):
     return optimizer
 
 
-def resolve_precision(precision):
+BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def resolve_precision(precision, cpuinfo="/proc/cpuinfo"):
     """The dtype policy for a recipe's `precision`; "auto" picks mixed bfloat16 only where it is fast.
 
     On a CPU without bfloat16 instructions (AVX512-BF16 or AMX) mixed_bfloat16 trains over ten
-    times slower than float32, so "auto" keeps float32 there.
+    times slower than float32, so "auto" keeps float32 there. The CPU's kind decides it, and the
+    machines this project runs on differ: so do the runs of a recipe with "auto".
     """
     if precision != "auto":
         return precision
     if any(not d.lower().startswith("cpu") and "cpu:" not in d.lower() for d in keras.distribution.list_devices()):
         return "mixed_bfloat16"
+    return "mixed_bfloat16" if BF16_CPU_FLAGS & cpu_flags(cpuinfo) else "float32"
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU's feature flags (empty where /proc/cpuinfo is missing, e.g. on macOS)."""
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
+        with open(cpuinfo) as f:
+            return set(next((line for line in f if line.startswith("flags")), ":").split(":", 1)[1].split())
     except OSError:
-        flags = []
-    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "float32"
+        return set()
 
 
 def build_model(recipe, input_shape, num_classes):
@@ -301,7 +313,22 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, ba
             raise
         if dist.strategy is not None:
             _chief_epoch(dist, initial_epoch)
-        return _train(recipe, run_dir, initial_epoch, dist, **options)
+        try:
+            return _train(recipe, run_dir, initial_epoch, dist, **options)
+        except BaseException:
+            _drop_if_empty(run_dir)
+            raise
+
+
+def _drop_if_empty(run_dir):
+    """After a failure: remove a run folder that holds no checkpoint (it failed before its first good
+    epoch, e.g. on bad data or a NaN loss), and put back the finished run it was replacing."""
+    if (run_dir / "model.keras").exists() or (run_dir / "results.json").exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if _previous(run_dir).exists():
+        os.replace(_previous(run_dir), run_dir)
+        print(f"the previous run is back in {run_dir}", flush=True)
 
 
 @contextlib.contextmanager
@@ -417,10 +444,13 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False):
     from zoo import plots
 
     stopped = "nan_loss" if stopped_by_nan else None
+    if not (run_dir / "model.keras").exists():
+        raise TrainingDiverged(
+            f"the loss became NaN before the first validation, so there is no checkpoint to keep (learning rate "
+            f"{recipe['optimizer']['learning_rate']:g}): try a lower optimizer.learning_rate, or check the data."
+        )
     if stopped:
         print(f"training stopped: the loss became NaN; keeping the last good checkpoint {run_dir / 'model.keras'}", flush=True)
-    if not (run_dir / "model.keras").exists():
-        raise RuntimeError(f"Training in {run_dir} produced no checkpoint (the loss was NaN before the first validation).")
     model = keras.saving.load_model(run_dir / "model.keras")
     test = evaluate(model, dataset.test, dataset.class_names, tta_flip=recipe["training"]["tta_flip"])
     state = json.loads((run_dir / STATE).read_text())

@@ -20,7 +20,7 @@ import numpy as np
 
 import keras
 
-from zoo.data import COLOR_MODES
+from zoo.data import read_image
 from zoo.files import replace_folder
 from zoo.plots import pyplot
 
@@ -140,15 +140,9 @@ def _batch(model, image):
 
 
 def load_image(path, model):
-    """A raw 0-255 image from a file, resized to the model's input; a VizError naming an undecodable file."""
+    """A raw 0-255 image from a file, resized to the model's input; a ValueError naming an undecodable file."""
     height, width, channels = model.input.shape[1:]
-    try:
-        img = keras.utils.load_img(path, target_size=(height, width), color_mode=COLOR_MODES[channels])
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # PIL raises several types for a file that is not an image
-        raise VizError(f"Cannot decode image {path}: {e}") from None
-    return keras.utils.img_to_array(img, dtype="uint8")
+    return read_image(path, (height, width), channels)
 
 
 def top_classes(model, image, k):

@@ -189,12 +189,16 @@ def _stored_shapes(path):
         }
 
     path = str(path)
-    if path.endswith(".keras"):
-        with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as f:
-            with h5py.File(f, "r") as h5:
-                return read(h5)
-    with h5py.File(path, "r") as h5:
-        return read(h5)
+    try:
+        if path.endswith(".keras"):
+            with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as f:
+                with h5py.File(f, "r") as h5:
+                    return read(h5)
+        with h5py.File(path, "r") as h5:
+            return read(h5)
+    except (OSError, KeyError, zipfile.BadZipFile) as e:  # h5py: "Unable to synchronously open file (file signature not found)"
+        kind = "a .keras archive (zip) holding model.weights.h5" if path.endswith(".keras") else "an HDF5 file written by Keras' save_weights"
+        raise ValueError(f"Weights file {path!r} cannot be read: it is not {kind} (corrupt or truncated?). {type(e).__name__}: {e}") from None
 
 
 def _snake_case(name):
