@@ -1,11 +1,17 @@
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
-# Decoded-image caches of this test session go to a temporary folder, never beside the data.
-os.environ["ZOO_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-test-cache-")
+# Decoded-image caches of this test session go to a temporary folder, never beside the data,
+# removed when the session ends (about 32 MB each).
+CACHE_DIR = os.environ["ZOO_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-test-cache-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 import pytest
 

@@ -21,6 +21,16 @@ def test_list_filters(capsys):
     assert [r.split()[0] for r in rows] == ["vgg11", "vgg13", "vgg16", "vgg19"]
 
 
+def test_released_weights_built_with_other_options_show_their_own_params(capsys):
+    """The released lenet5 has batch norm: 62,094 params, not the default builder's 62,006."""
+    assert main(["list", "lenet5", "vgg16_bn"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^lenet5 +62,006 +651.72K +16x16 +cifar10 \(62,094 params\)$", out, re.M)
+    assert re.search(r"^vgg16_bn +15,262,026 +313.73M +32x32 +cifar10$", out, re.M)  # the same as the default
+    assert main(["info", "lenet5"]) == 0
+    assert "released weights: cifar10 (62,094 params, with batch_norm=True)" in capsys.readouterr().out
+
+
 def test_info_prints_the_layer_table(capsys):
     assert main(["info", "lenet5"]) == 0
     out = capsys.readouterr().out
@@ -91,3 +101,24 @@ def test_counts_must_be_positive_whole_numbers(args, option, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert f"{option}: expected a whole number >= 1. Received: '{args[-1]}'" in capsys.readouterr().err
+
+
+def test_the_files_and_recipes_readme_commands_name_exist(cifar10_dir):
+    """A newcomer copies the README's commands: every image, recipe and data folder they name must
+    exist (or be made by an earlier command of the README, such as `cp`)."""
+    import shlex
+
+    from conftest import ROOT
+    from zoo import recipe as recipes
+
+    made = set()
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split(" #")[0])
+            if words[:1] == ["cp"]:
+                made.add(words[-1])
+            if words[:2] == ["zoo", "train"] and words[2] not in made:
+                recipes.locate(words[2])  # a shipped recipe
+            for word in words:
+                if word.endswith((".jpg", ".png", ".toml")) or word.startswith("../shared/"):
+                    assert word in made or (ROOT / word).exists(), f"README names {word}, which does not exist"

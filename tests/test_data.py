@@ -61,6 +61,19 @@ def test_missing_split_folder(tmp_path):
         load_dataset(data_dir=tmp_path, validation_size=1)
 
 
+def test_a_validation_split_as_large_as_train_names_the_recipe_key(tmp_path, capsys):
+    from zoo.cli import main
+
+    make_tree(tmp_path / "data")  # 4 training images
+    args = ["train", "lenet5_cifar10", "--data-dir", str(tmp_path / "data"), "--set", "data.validation_size=4", "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"zoo train: error: data.validation_size (images carved from train for validation) must be less than the 4 "
+        f"training images of {(tmp_path / 'data').resolve()}, leaving some to train on. Received: data.validation_size=4"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_empty_class_folder(tmp_path):
     make_tree(tmp_path)
     for f in (tmp_path / "train" / "b").iterdir():

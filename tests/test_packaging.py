@@ -66,3 +66,13 @@ def test_release_from_a_wheel_install_needs_an_out_folder(tmp_path, monkeypatch)
     with pytest.raises(ValueError, match="installed from a wheel.*pass --out"):
         release(run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_the_test_session_removes_its_image_cache(tmp_path):
+    """Each pytest session decoded its images into a new zoo-test-cache-* folder (32 MB) and left it behind."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("ZOO_CACHE_DIR")
+    test = "tests/test_data.py::test_images_are_resized_to_the_model_input"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert not list(tmp_path.glob("zoo-test-cache-*"))

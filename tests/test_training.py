@@ -182,6 +182,7 @@ def test_a_run_that_failed_before_its_first_epoch_leaves_nothing_and_does_not_bl
     assert "holds no epoch of its other recipe: starting this one there" in out
     header = f"lenet5 (62,094 params, float32) on {small_cifar10.resolve()}: 500 train / 500 validation / 500 test images; 1 epoch of 4 steps -> {run_dir}"
     assert header in out.splitlines()
+    assert re.search(r"^test accuracy \d\.\d{4} \(loss ", out, re.M)  # without TTA
     assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == str(small_cifar10)
     assert json.loads((run_dir / "results.json").read_text())["resumed_from_epoch"] == []
 
@@ -299,8 +300,11 @@ def test_a_recipe_with_auto_precision_trains_in_the_policy_of_the_cpu_kind(flags
 
     monkeypatch.setattr(zoo.training, "cpu_flags", lambda cpuinfo=None: flags)
     run_dir = tmp_path / "run"
-    assert main([*quick_args(small_cifar10, run_dir, epochs=1, limit=200), "--set", "training.precision=auto"]) == 0
-    assert f"lenet5 (62,094 params, {policy}) on " in capsys.readouterr().out
+    args = [*quick_args(small_cifar10, run_dir, epochs=1, limit=200), "--set", "training.precision=auto", "--set", "training.tta_flip=true"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"lenet5 (62,094 params, {policy}) on " in out
+    assert re.search(r"^test accuracy \d\.\d{4} with flip TTA \(loss ", out, re.M)  # the result line says what it measured
     assert json.loads((run_dir / "results.json").read_text())["precision"] == policy
 
 

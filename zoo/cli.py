@@ -78,13 +78,31 @@ def _table(rows, header):
     return "\n".join(lines)
 
 
+def _released(info, details=False):
+    """The model's released weights tags; where a release was built with other options than the
+    defaults (e.g. lenet5's cifar10 has batch norm), its own parameter count (and options)."""
+    from zoo import pretrained
+    from zoo.models.base import options_of
+
+    tags = []
+    for tag in info.weights:
+        card = pretrained.card(info.name, tag)
+        if card["params"] == info.params:
+            tags.append(tag)
+            continue
+        default = options_of(info.builder())
+        changed = [f"{k}={v}" for k, v in card["options"].items() if default.get(k) != v]
+        tags.append(f"{tag} ({card['params']:,} params{', with ' + ', '.join(changed) if details and changed else ''})")
+    return ", ".join(tags)
+
+
 def cmd_list(args):
     from zoo.models import list_models, model_info
 
     rows = []
     for name in list_models(args.include, args.exclude, pretrained=args.pretrained):
         info = model_info(name)
-        rows.append((name, f"{info.params:,}", _format_count(info.macs), f"{info.min_input_size}x{info.min_input_size}", ", ".join(info.weights) or "-"))
+        rows.append((name, f"{info.params:,}", _format_count(info.macs), f"{info.min_input_size}x{info.min_input_size}", _released(info) or "-"))
     print(_table(rows, ("model", "params", "MACs", "min input", "weights")))
 
 
@@ -97,7 +115,7 @@ def cmd_info(args):
     print(f"{info.name}: {info.reference}")
     print(f"params {model.count_params():,}  MACs {count_macs(model):,}  min input {info.min_input_size}x{info.min_input_size}")
     print(f"input {tuple(model.input.shape[1:])} uint8-range RGB (0-255), output {tuple(model.output.shape[1:])} logits")
-    print(f"released weights: {', '.join(info.weights) or 'none'} (zoo list --pretrained)\n")
+    print(f"released weights: {_released(info, details=True) or 'none'} (zoo list --pretrained)\n")
     rows = [(layer.name, type(layer).__name__, str(tuple(layer.output.shape[1:])), f"{layer.count_params():,}") for layer in model.layers]
     print(_table(rows, ("layer", "type", "output shape", "params")))
 
@@ -338,7 +356,7 @@ def build_parser():
     p.add_argument("recipe", help="a shipped recipe name (see recipes/) or a path to a .toml recipe")
     p.add_argument("--data-dir", help="image folders DIR/train/<class>/*, DIR/test/<class>/* instead of tensorflow-datasets")
     p.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
-    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--epochs", type=_positive_int, help="override training.epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. optimizer.learning_rate=0.05")
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or different run in --out")

@@ -486,5 +486,6 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False):
     plots.confusion_matrix(test["confusion_matrix"], dataset.class_names, run_dir / "plots" / "confusion_matrix.png")
     write_text_atomically(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
     shutil.rmtree(_previous(run_dir), ignore_errors=True)  # a run this one replaced with --overwrite
-    print(f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) -> {run_dir / 'results.json'}", flush=True)
+    tta = " with flip TTA" if test["tta_flip"] else ""
+    print(f"test accuracy {test['accuracy']:.4f}{tta} (loss {test['loss']:.4f}) -> {run_dir / 'results.json'}", flush=True)
     return results
