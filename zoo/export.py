@@ -6,8 +6,11 @@
     export.export_model(model, "out", quantize=export.VARIANTS, calibration=train, verification=test,
                         class_names=names)                           # all of it, verified, atomically
 
-Every TFLite file takes a batch of one image [1, H, W, C] of raw 0-255 RGB values (float32 for the
-float variants, uint8 for int8) and returns class probabilities. Needs TensorFlow.
+Every TFLite file takes a batch of one image [1, H, W, C] of raw 0-255 RGB values as float32 and
+returns float32 class probabilities, and carries TFLite Metadata with its labels (`zoo.mobile`), so
+MediaPipe Tasks' ImageClassifier loads it. The int8 variant quantizes everything between its input
+and its softmax: its input QUANTIZE, int8 body, DEQUANTIZE and float softmax all run in LiteRT's CPU
+accelerator (XNNPACK), where a uint8 input or an int8 softmax would not. Needs TensorFlow.
 """
 
 import json
@@ -20,6 +23,7 @@ import numpy as np
 
 import keras
 
+from zoo import mobile, web
 from zoo.evaluation import outputs_probabilities, probabilities
 from zoo.files import replace_folder, sha256
 from zoo.loading import find_labels, load_keras_file, load_model
@@ -32,6 +36,10 @@ BOUNDS = {
     "dynamic": {"agreement": 0.995},
     "int8": {"agreement": 0.99, "accuracy_drop": 0.005},
 }
+# What MediaPipe's ImageClassifier must show for every variant: the file's names, probabilities, and
+# the same top-1 as the LiteRT interpreter on the same file.
+MEDIAPIPE_BOUNDS = {"max_sum_error": 1e-3, "agreement_with_interpreter": 0.999}
+FORMATS = ("saved_model", "tflite", "web")
 
 
 class ExportError(ValueError):
@@ -113,8 +121,10 @@ def to_tflite(model, path, *, quantize="float32", representative_data=None):
     """Convert `model` to a TFLite file with built-in ops only; returns the file's bytes.
 
     quantize: "float32", "float16" (weights), "dynamic" (int8 weights, float activations) or "int8"
-        (full integer, uint8 input and output, calibrated on `representative_data`: a few hundred
-        raw 0-255 images [N, H, W, C] like the training images).
+        (int8 weights and activations from the input to the softmax, which stays float32 with the
+        input and output; calibrated on `representative_data`: a few hundred raw 0-255 images
+        [N, H, W, C] like the training images).
+    The file has no metadata: `export_model` adds it.
     """
     require_tensorflow_backend()
     if quantize not in VARIANTS:
@@ -138,20 +148,39 @@ def _convert(saved_model, path, quantize, representative_data):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantize == "int8":
-        images = np.asarray(representative_data, "float32")
-        converter.representative_dataset = lambda: ([image[None]] for image in images)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
     try:
-        content = converter.convert()
+        if quantize == "int8":
+            content = _int8_with_float_softmax(converter, np.asarray(representative_data, "float32"))
+        else:
+            content = converter.convert()
     except Exception as e:  # the converter raises its own ConverterError
         raise ExportError(
             f"TFLite conversion ({quantize}) failed; the model may use ops outside the TFLite built-ins: {e}"
         ) from None
     pathlib.Path(path).write_bytes(content)
     return content
+
+
+def _int8_with_float_softmax(converter, images):
+    """Full-integer quantization from the float32 input to the softmax, which stays float32.
+
+    Measured with LiteRT 2.3's benchmark tool: XNNPACK delegates neither a uint8->int8 QUANTIZE at
+    the input nor an int8 SOFTMAX, so the plain full-integer file (uint8 in and out) was not fully
+    accelerated; MediaPipe accepts only uint8 or float32 inputs. This file (QUANTIZE float->int8,
+    int8 body, DEQUANTIZE, float SOFTMAX) is, and MediaPipe loads it. The denylist is the documented
+    way to keep ops in float (tf.lite.experimental.QuantizationDebugger's selective quantization).
+    """
+    import tensorflow as tf
+
+    def dataset():
+        return ([image[None]] for image in images)
+
+    converter.representative_dataset = dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.float32
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["SOFTMAX"])
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset, debug_options=options)
+    return debugger.get_nondebug_quantized_model()
 
 
 def _check_calibration(model, images):
@@ -247,24 +276,31 @@ def export_model(
     overwrite=False,
     enforce_bounds=True,
     save_keras=True,
+    metadata=None,
 ):
-    """Export `model` into the folder `out` and verify every TFLite variant against Keras.
+    """Export `model` into the folder `out` and verify every TFLite variant against Keras and
+    through MediaPipe's ImageClassifier.
 
-    calibration: raw training images for int8. verification: held-out raw images (with
-    `verification_labels` to measure accuracy); their figures go to `export.json`. Everything is
-    written to a temporary folder and moved into place only once every variant met its bounds (or
-    regardless, with `enforce_bounds=False`); an existing `out` is replaced only with `overwrite`,
-    and a failure leaves it as it was. `save_keras=False` leaves out the float32 `model.keras`.
-    Returns the `export.json` record.
+    formats: `saved_model`, `tflite` and `web` (a page classifying images in the browser, see
+    `zoo.web`). calibration: raw training images for int8. verification: held-out raw images (with
+    `verification_labels` to measure accuracy); their figures go to `export.json`. metadata: what
+    the TFLite files say of themselves (`name`, `description`, `version`, `author`, `license`).
+    Everything is written to a temporary folder and moved into place only once every variant met
+    its bounds (or regardless, with `enforce_bounds=False`); an existing `out` is replaced only with
+    `overwrite`, and a failure leaves it as it was. `save_keras=False` leaves out the float32
+    `model.keras`. Returns the `export.json` record.
     """
     require_tensorflow_backend()
     out = pathlib.Path(out)
     unknown = sorted(set(quantize) - set(VARIANTS))
     if unknown:
         raise ExportError(f"Unknown quantization. Valid: {', '.join(VARIANTS)}. Received: quantize={','.join(unknown)}")
-    bad_formats = sorted(set(formats) - {"saved_model", "tflite"})
+    bad_formats = sorted(set(formats) - set(FORMATS))
     if bad_formats:
-        raise ExportError(f"Unknown format. Valid: saved_model, tflite. Received: formats={','.join(bad_formats)}")
+        raise ExportError(f"Unknown format. Valid: {', '.join(FORMATS)}. Received: formats={','.join(bad_formats)}")
+    web.check_request(formats, quantize)
+    if "tflite" in formats:
+        mobile.require_mediapipe()
     if out.exists() and not overwrite:
         raise FileExistsError(f"Output folder {out} exists. Use --overwrite to replace it (it is kept if the export fails).")
     model = float32_model(model)
@@ -274,13 +310,18 @@ def export_model(
         raise ExportError("Verification needs held-out images (--calibration-data gives its test split), or pass --no-verify.")
     num_classes = model.output.shape[-1]
     class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes:
+        raise ExportError(f"{len(class_names)} class names for a model with {num_classes} outputs: labels.txt needs one per output.")
+    if "web" in formats:
+        web.tasks_vision_folder()  # fetched (or its error) before any conversion
+    metadata = {**default_metadata(model, class_names), **(metadata or {})}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         record = _export_into(
             model, staging, formats, quantize, calibration, verification, verification_labels, class_names,
-            enforce_bounds, save_keras,
+            enforce_bounds, save_keras, metadata,
         )
         replace_folder(staging, out)
     except BaseException:
@@ -289,8 +330,22 @@ def export_model(
     return record
 
 
-def _export_into(model, folder, formats, quantize, calibration, verification, labels, class_names, enforce_bounds, save_keras):
-    record = {"model": model.name, "params": model.count_params(), "labels": "labels.txt", "variants": {}}
+def default_metadata(model, class_names):
+    """What a TFLite file says of itself unless told otherwise (a release passes its card's words)."""
+    import zoo
+
+    shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
+    return {
+        "name": model.name,
+        "description": f"{model.name} image classifier, {len(class_names)} classes ({shown}); input: an RGB image, raw 0-255 pixels.",
+        "version": "",
+        "author": f"zoo {zoo.__version__}",
+        "license": "",
+    }
+
+
+def _export_into(model, folder, formats, quantize, calibration, verification, labels, class_names, enforce_bounds, save_keras, metadata):
+    record = {"model": model.name, "params": model.count_params(), "labels": "labels.txt", "metadata": metadata, "variants": {}}
     (folder / "labels.txt").write_text("\n".join(class_names) + "\n")
     if save_keras:
         model.save(folder / "model.keras")
@@ -301,15 +356,18 @@ def _export_into(model, folder, formats, quantize, calibration, verification, la
         record["saved_model"] = {"path": "saved_model", "signature": "serving_default", "input": "image: uint8 [batch, H, W, C], 0-255 RGB", "outputs": outputs}
     failures = []
     if "tflite" in formats:
-        failures = _export_tflite(model, folder, record["variants"], quantize, calibration, verification, labels)
+        failures = _export_tflite(model, folder, record["variants"], quantize, calibration, verification, labels, class_names, metadata)
     if failures and enforce_bounds:
-        raise ExportError("Export failed verification against the Keras model: " + "; ".join(failures) + ". Nothing was written.")
+        raise ExportError("Export failed verification (against Keras, and through MediaPipe): " + "; ".join(failures) + ". Nothing was written.")
+    if "web" in formats:
+        record["web"] = web.write_page(folder, record["variants"], title=metadata["name"])
     _write_record(folder, record)
     return record
 
 
-def _export_tflite(model, folder, variants, quantize, calibration, verification, labels):
-    """Write and (given verification images) measure each TFLite variant; returns missed bounds."""
+def _export_tflite(model, folder, variants, quantize, calibration, verification, labels, class_names, metadata):
+    """Write each TFLite variant with its metadata, time it in LiteRT's benchmark tool and (given
+    verification images) measure it against Keras and through MediaPipe; returns missed bounds."""
     measure = verification is not None and len(verification) > 0
     keras_probabilities = probabilities(model, verification) if measure else None
     failures = []
@@ -318,15 +376,51 @@ def _export_tflite(model, folder, variants, quantize, calibration, verification,
         _tflite_saved_model(model, saved_model)
         for variant in quantize:
             path = folder / f"model_{variant}.tflite"
-            _convert(saved_model, path, variant, calibration)
+            content = _convert(saved_model, os.path.join(tmp, path.name), variant, calibration)
+            path.write_bytes(mobile.add_metadata(content, class_names=class_names, **metadata))
             tflite = TFLiteModel(path)
             entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), **tflite.spec()}
+            entry["litert_cpu"] = mobile.benchmark_tool(path, num_threads=1)
             if measure:
-                figures, problems = verify(variant, keras_probabilities, tflite.predict(verification), labels)
+                tflite_probabilities = tflite.predict(verification)
+                figures, problems = verify(variant, keras_probabilities, tflite_probabilities, labels)
                 entry["verification"] = figures
-                failures += [f"{variant}: {p}" for p in problems]
+                entry["mediapipe"], mediapipe_problems = verify_mediapipe(path, verification, tflite_probabilities, class_names)
+                failures += [f"{variant}: {p}" for p in problems + mediapipe_problems]
             variants[variant] = entry
     return failures
+
+
+def verify_mediapipe(path, images, interpreter_probabilities, class_names):
+    """Run `path` through MediaPipe's ImageClassifier: class names from the file, probabilities that
+    sum to 1, and top-1 agreement with the LiteRT interpreter (`MEDIAPIPE_BOUNDS`)."""
+    try:
+        classifier = mobile.MediaPipeClassifier(path)
+    except mobile.MobileExtraMissing:
+        raise
+    except ValueError as e:
+        return {"loads": False, "error": str(e), "passed": False}, [str(e)]
+    try:
+        scores, names = classifier.classify(images)
+    finally:
+        classifier.close()
+    figures = {
+        "loads": True,
+        "images": int(len(images)),
+        "class_names_from_file": names == list(class_names),
+        "max_sum_error": float(np.abs(scores.sum(axis=1) - 1).max()),
+        "agreement_with_interpreter": float((scores.argmax(1) == interpreter_probabilities.argmax(1)).mean()),
+        "bounds": MEDIAPIPE_BOUNDS,
+    }
+    failures = []
+    if not figures["class_names_from_file"]:
+        failures.append(f"MediaPipe reads the class names {names[:3]}..., not the export's {list(class_names)[:3]}...")
+    if figures["max_sum_error"] > MEDIAPIPE_BOUNDS["max_sum_error"]:
+        failures.append(f"MediaPipe's scores sum to 1 +- {figures['max_sum_error']:.1e} > {MEDIAPIPE_BOUNDS['max_sum_error']:.0e}")
+    if figures["agreement_with_interpreter"] < MEDIAPIPE_BOUNDS["agreement_with_interpreter"]:
+        failures.append(f"MediaPipe's top-1 agrees with the interpreter's on {figures['agreement_with_interpreter']:.4f} < {MEDIAPIPE_BOUNDS['agreement_with_interpreter']}")
+    figures["passed"] = not failures
+    return figures, [f"MediaPipe: {f}" for f in failures]
 
 
 def _write_record(folder, record):

@@ -1,0 +1,162 @@
+"""`--formats web`: a static page that classifies images in the browser with MediaPipe Tasks for web.
+
+`web/` holds `index.html`, the model (`model.tflite`, a copy of the export's int8 file, else its
+float32 one: its metadata carries the labels) and the JavaScript bundle and WebAssembly files of
+`@mediapipe/tasks-vision` from npm, so the folder works offline from any static file server
+(`python -m http.server -d web`). The user picks or drops an image and sees the top-3 classes.
+Opened as `index.html?image=RELATIVE_URL` it classifies that image on load and writes every class
+into `<pre id="predictions">`, one `class<TAB>probability` line each, best first (for tests and
+scripts); `<p id="status">` reads `ready` once the model is loaded, or the error.
+"""
+
+import html
+import os
+import pathlib
+import shutil
+import subprocess
+import tarfile
+import tempfile
+
+from zoo.data import cache_dir
+
+TASKS_VISION = "@mediapipe/tasks-vision"
+TASKS_VISION_VERSION = "1.1.0"
+# What the page loads: the ES module bundle, and the WebAssembly runtime in its SIMD and no-SIMD builds
+# (FilesetResolver picks the one the browser supports).
+BUNDLE_FILES = (
+    "vision_bundle.mjs", "package.json", "README.md",
+    "wasm/vision_wasm_internal.js", "wasm/vision_wasm_internal.wasm",
+    "wasm/vision_wasm_nosimd_internal.js", "wasm/vision_wasm_nosimd_internal.wasm",
+)
+MODEL_VARIANTS = ("int8", "float32")  # the page's model, in order of preference
+
+
+class WebError(ValueError):
+    """A web page that cannot be written (no model variant for it, no npm)."""
+
+
+def check_request(formats, quantize):
+    """A WebError, before any work, unless `--formats web` comes with a TFLite file the page can use."""
+    if "web" in formats and not ("tflite" in formats and set(MODEL_VARIANTS) & set(quantize)):
+        raise WebError(
+            "--formats web puts a TFLite file in the page: it needs tflite in --formats and int8 or float32 in "
+            f"--quantize. Received: formats={','.join(formats)}, quantize={','.join(quantize)}"
+        )
+
+
+def tasks_vision_folder():
+    """The unpacked npm package `@mediapipe/tasks-vision` (pinned), fetched once with `npm pack` into
+    the zoo cache; a WebError saying how to get npm where it is missing."""
+    folder = cache_dir() / "npm" / f"tasks-vision-{TASKS_VISION_VERSION}"
+    if all((folder / f).is_file() for f in BUNDLE_FILES):
+        return folder
+    npm = shutil.which("npm")
+    if npm is None:
+        raise WebError(
+            f"The web page needs MediaPipe Tasks for web ({TASKS_VISION} from npm), and npm was not found. Install "
+            "Node.js with npm (https://nodejs.org/en/download, or: apt-get install npm), then export again."
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        done = subprocess.run(
+            [npm, "pack", f"{TASKS_VISION}@{TASKS_VISION_VERSION}", "--pack-destination", tmp, "--silent"],
+            capture_output=True, text=True, cwd=tmp,
+        )
+        tarballs = list(pathlib.Path(tmp).glob("*.tgz"))
+        if done.returncode != 0 or not tarballs:
+            raise WebError(f"npm could not fetch {TASKS_VISION}@{TASKS_VISION_VERSION}: {done.stderr.strip()[-300:]}")
+        with tarfile.open(tarballs[0]) as archive:
+            archive.extractall(tmp, filter="data")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(pathlib.Path(tmp) / "package", folder)
+    return folder
+
+
+def write_page(folder, variants, *, title):
+    """Write `folder/web/` for the export in `folder`, whose TFLite `variants` (variant -> export.json
+    entry) were written there; returns the page's export.json entry."""
+    variant = next(v for v in MODEL_VARIANTS if v in variants)
+    package = tasks_vision_folder()
+    web = pathlib.Path(folder) / "web"
+    for name in BUNDLE_FILES:
+        (web / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package / name, web / name)
+    shutil.copyfile(pathlib.Path(folder) / variants[variant]["file"], web / "model.tflite")
+    (web / "index.html").write_text(PAGE.replace("{title}", html.escape(title)))
+    return {"page": "web/index.html", "model": "web/model.tflite", "variant": variant, "tasks_vision": f"{TASKS_VISION}@{TASKS_VISION_VERSION}"}
+
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}: image classifier</title>
+<style>
+  body { font: 16px/1.4 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
+  #drop { border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; margin: 1rem 0; }
+  #drop.over { background: #eef; }
+  #preview { max-width: 12rem; image-rendering: pixelated; display: block; margin: 1rem 0; }
+  #predictions { display: none; }
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<p>Pick or drop an image: it is classified here, in the browser, with MediaPipe Tasks for web. Nothing is uploaded.</p>
+<div id="drop"><input type="file" id="file" accept="image/*"><br>or drop an image here</div>
+<img id="preview" alt="">
+<ol id="top3"></ol>
+<p id="status">loading the model...</p>
+<pre id="predictions"></pre>
+<script type="module">
+import { FilesetResolver, ImageClassifier } from "./vision_bundle.mjs";
+
+const status = document.getElementById("status");
+let classifier;
+
+function show(result) {
+  const categories = [...result.classifications[0].categories].sort((a, b) => b.score - a.score);
+  const top3 = document.getElementById("top3");
+  top3.replaceChildren(...categories.slice(0, 3).map((c) => {
+    const item = document.createElement("li");
+    item.textContent = `${c.categoryName}: ${(100 * c.score).toFixed(1)}%`;
+    return item;
+  }));
+  document.getElementById("predictions").textContent =
+    categories.map((c) => `${c.categoryName}\\t${c.score.toFixed(6)}`).join("\\n");
+}
+
+async function classify(url) {
+  const image = document.getElementById("preview");
+  image.src = url;
+  await image.decode();
+  show(classifier.classify(image));
+}
+
+function classifyFile(file) {
+  if (file) classify(URL.createObjectURL(file)).catch((e) => { status.textContent = `error: ${e}`; });
+}
+
+const drop = document.getElementById("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); classifyFile(e.dataTransfer.files[0]); });
+document.getElementById("file").addEventListener("change", (e) => classifyFile(e.target.files[0]));
+
+try {
+  const vision = await FilesetResolver.forVisionTasks("./wasm");
+  classifier = await ImageClassifier.createFromOptions(vision, {
+    baseOptions: { modelAssetPath: "./model.tflite" },
+    runningMode: "IMAGE",
+    maxResults: -1,
+  });
+  const wanted = new URLSearchParams(location.search).get("image");
+  if (wanted) await classify(wanted);
+  status.textContent = "ready";
+} catch (e) {
+  status.textContent = `error: ${e}`;
+}
+</script>
+</body>
+</html>
+"""
