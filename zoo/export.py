@@ -18,6 +18,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import warnings
 
 import numpy as np
 
@@ -179,8 +180,10 @@ def _int8_with_float_softmax(converter, images):
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     converter.inference_input_type = converter.inference_output_type = tf.float32
     options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=["SOFTMAX"])
-    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset, debug_options=options)
-    return debugger.get_nondebug_quantized_model()
+    with warnings.catch_warnings():  # it runs TensorFlow's deprecated tf.lite.Interpreter, and says so
+        warnings.simplefilter("ignore", UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset, debug_options=options)
+        return debugger.get_nondebug_quantized_model()
 
 
 def _check_calibration(model, images):
