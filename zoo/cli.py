@@ -110,6 +110,8 @@ def cmd_info(args):
     from zoo.models.base import count_macs
     from zoo.models import model_info
 
+    if args.model.endswith(".tflite"):
+        return _tflite_info(args.model)
     info = model_info(args.model)
     model = info.builder()
     print(f"{info.name}: {info.reference}")
@@ -118,6 +120,34 @@ def cmd_info(args):
     print(f"released weights: {_released(info, details=True) or 'none'} (zoo list --pretrained)\n")
     rows = [(layer.name, type(layer).__name__, str(tuple(layer.output.shape[1:])), f"{layer.count_params():,}") for layer in model.layers]
     print(_table(rows, ("layer", "type", "output shape", "params")))
+
+
+def _tflite_info(path):
+    """What an app sees of a .tflite file: its metadata, tensors and labels."""
+    from zoo import mobile
+    from zoo.export import TFLiteModel
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such TFLite file: {path}")
+    spec = TFLiteModel(path).spec()
+    metadata = mobile.read_metadata(path)
+    print(f"{path}: {os.path.getsize(path):,} bytes")
+    for side in ("input", "output"):
+        tensor = spec[side]
+        quantization = f", quantized (scale {tensor['quantization']['scale']:.6g}, zero point {tensor['quantization']['zero_point']})" if tensor["quantization"] else ""
+        print(f"{side:<7} {tensor['name']}: {tensor['dtype']} {tensor['shape']}{quantization}")
+    if metadata is None:
+        print("metadata: none (MediaPipe Tasks needs it; zoo export writes it)")
+        return
+    print(f"metadata (min parser version {metadata['min_parser_version']}):")
+    for key in ("name", "description", "version", "author", "license"):
+        print(f"  {key:<12} {metadata[key] or '-'}")
+    image, output = metadata["input"], metadata["output"]
+    normalization = image["normalization"] or {}
+    print(f"  input        {image['color_space']} image, normalization mean {normalization.get('mean')} std {normalization.get('std')}, "
+          f"range {image['stats'] and [image['stats']['min'][0], image['stats']['max'][0]]}")
+    labels = metadata["labels"] or []
+    print(f"  output       {output['name']}, {len(labels)} labels in {output['label_file']}: {', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''}")
 
 
 def _positive_int(text):
@@ -198,14 +228,20 @@ def cmd_eval(args):
 
 
 def cmd_release(args):
-    from zoo.release import release
+    from zoo import pretrained
+    from zoo.release import reexport, release
 
-    card = release(
-        args.run, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, source=args.source, tag=args.tag,
-        out=args.out, quantize=_csv(args.quantize), data_description=args.data_description, overwrite=args.overwrite,
-    )
+    if pathlib.Path(args.run, pretrained.CARD).is_file():  # a release: re-export its TFLite files
+        card = reexport(args.run, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, source=args.source, overwrite=args.overwrite)
+        verb = "re-exported the TFLite files of"
+    else:
+        card = release(
+            args.run, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, source=args.source, tag=args.tag,
+            out=args.out, quantize=_csv(args.quantize), data_description=args.data_description, overwrite=args.overwrite,
+        )
+        verb = "released"
     print(
-        f"released {card['model']}(weights={card['weights']!r}) -> {card['folder']}"
+        f"{verb} {card['model']}(weights={card['weights']!r}) -> {card['folder']}"
         f"\ntest top-1 {_pct(card['accuracy']['test_top1'])} (flip TTA {_pct(card['accuracy']['test_top1_flip_tta'])}), "
         f"int8 {_pct(card['int8']['test_top1'])}"
     )
@@ -316,9 +352,13 @@ def cmd_bench(args):
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    rows = [(r["variant"], f"{r['bytes'] / 1e6:.2f} MB", f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['images_per_second']:.0f}") for r in result["results"]]
+    delegated = {True: "yes", False: "NO", None: "-"}
+    rows = [
+        (r["variant"], f"{r['bytes'] / 1e6:.2f} MB", f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['images_per_second']:.0f}", delegated[r.get("fully_accelerated")])
+        for r in result["results"]
+    ]
     print(f"{result['model']}: single-image latency over {args.runs} runs, {args.threads} thread(s)")
-    print(_table(rows, ("variant", "size", "median ms", "p90 ms", "images/s")))
+    print(_table(rows, ("variant", "size", "median ms", "p90 ms", "images/s", "fully delegated (LiteRT CPU)")))
 
 
 def _model_title(args):
@@ -348,8 +388,8 @@ def build_parser():
     p.add_argument("--pretrained", action="store_true", help="only models with released weights")
     p.set_defaults(func=cmd_list)
 
-    p = commands.add_parser("info", help="parameters, MACs and the layer table of a model")
-    p.add_argument("model", help="a registered model name, see `zoo list`")
+    p = commands.add_parser("info", help="parameters, MACs and the layer table of a model; or what a .tflite file carries")
+    p.add_argument("model", help="a registered model name (see `zoo list`), or a .tflite file (its metadata, tensors and labels)")
     p.set_defaults(func=cmd_info)
 
     p = commands.add_parser("train", help="train a recipe into a run folder (re-run to resume)")
@@ -392,7 +432,7 @@ def build_parser():
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("release", help="release a finished run into saved_models/ with a model card")
-    p.add_argument("run", help="a finished run folder, e.g. runs/vgg16_bn_cifar10")
+    p.add_argument("run", help="a finished run folder, e.g. runs/vgg16_bn_cifar10; or a release folder, to re-export its TFLite files (with --overwrite)")
     p.add_argument("--data-dir", help="image folders: train/ calibrates int8, test/ is evaluated")
     p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir")
     p.add_argument("--tfds-data-dir")

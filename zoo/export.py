@@ -461,7 +461,7 @@ def load_classifier(source, weights=None, num_threads=None):
     path = pathlib.Path(source)
     if not weights:
         if path.suffix == ".tflite" and path.is_file():
-            return TFLiteModel(path, num_threads=num_threads), find_labels(path)
+            return TFLiteModel(path, num_threads=num_threads), find_labels(path) or mobile.packed_labels(path)
         if (path / "saved_model.pb").is_file():
             return SavedModelClassifier(path), find_labels(path)
     model, class_names = load_model(source, weights=weights)
@@ -501,5 +501,6 @@ def benchmark(folder, images, *, num_threads=1, runs=100, warmup=10):
                      **timed(lambda image: model(np.asarray(image, "float32")[None], training=False))})
     for variant, entry in record["variants"].items():
         tflite = TFLiteModel(folder / entry["file"], num_threads=num_threads)
-        rows.append({"variant": variant, "file": entry["file"], "bytes": entry["bytes"], **timed(tflite.invoke)})
+        fully_accelerated = entry.get("litert_cpu", {}).get("fully_accelerated")  # None: an export from before it was measured
+        rows.append({"variant": variant, "file": entry["file"], "bytes": entry["bytes"], **timed(tflite.invoke), "fully_accelerated": fully_accelerated})
     return {"model": record["model"], "num_threads": num_threads, "runs": runs, "results": rows}

@@ -169,6 +169,14 @@ def read_metadata(path):
     }
 
 
+def packed_labels(path):
+    """The labels file packed in a .tflite file by `add_metadata` (None if it has none); needs no mediapipe."""
+    if not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(LABELS_FILE).decode().splitlines() if LABELS_FILE in archive.namelist() else None
+
+
 class MediaPipeClassifier:
     """A `.tflite` file run by MediaPipe Tasks' ImageClassifier, the task graph Android, iOS and web
     apps run: `classify(images)` -> (probabilities [N, classes] by class index, class names)."""
