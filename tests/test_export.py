@@ -76,15 +76,19 @@ def test_every_variant_meets_its_bounds(lenet_export):
     assert (out / "labels.txt").read_text().splitlines() == [f"class{i}" for i in range(10)]
 
 
-def test_int8_takes_and_returns_uint8_and_records_its_quantization(lenet_export):
+def test_int8_quantizes_from_its_float_input_to_a_float_softmax_and_is_fully_delegated(lenet_export):
+    """uint8 input (a QUANTIZE uint8->int8) and an int8 SOFTMAX are what XNNPACK does not delegate;
+    MediaPipe takes only uint8 or float32 input. So: float32 in, int8 body, float softmax out."""
     out, record = lenet_export
     spec = record["variants"]["int8"]
-    assert spec["input"]["shape"] == [1, 32, 32, 3] and spec["input"]["dtype"] == "uint8"
-    assert spec["output"]["dtype"] == "uint8" and spec["input"]["quantization"]["scale"] > 0
-    interpreter = export.TFLiteModel(out / "model_int8.tflite").interpreter
-    detail = interpreter.get_input_details()[0]
-    assert (detail["dtype"], tuple(detail["quantization"])) == (np.uint8, (spec["input"]["quantization"]["scale"], spec["input"]["quantization"]["zero_point"]))
-    assert record["variants"]["float32"]["input"]["dtype"] == "float32"
+    assert spec["input"]["shape"] == [1, 32, 32, 3] and spec["input"]["dtype"] == spec["output"]["dtype"] == "float32"
+    ops = [op["op_name"] for op in export.TFLiteModel(out / "model_int8.tflite").interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    assert ops[0] == "QUANTIZE" and ops[-2:] == ["DEQUANTIZE", "SOFTMAX"], ops
+    assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
+    for variant, entry in record["variants"].items():
+        assert entry["litert_cpu"]["fully_accelerated"] is True and entry["litert_cpu"]["median_ms"] > 0, variant
+        mediapipe = entry["mediapipe"]
+        assert mediapipe["passed"] and mediapipe["class_names_from_file"] and mediapipe["images"] == 300, variant
 
 
 def test_tflite_files_use_builtin_ops_only(lenet_export):
@@ -117,12 +121,16 @@ def test_a_vgg_bn_trained_under_mixed_bfloat16_exports_and_matches_keras(cifar10
     finally:
         keras.config.set_dtype_policy(previous)
     assert model.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
-    record = export.export_model(
-        model, tmp_path / "vgg", quantize=("float32", "int8"), calibration=test.images[-200:],  # disjoint from the verified images
-        verification=test.images[:1000], verification_labels=test.labels[:1000],
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    record = export.export_model(  # every variant, each also through MediaPipe's ImageClassifier
+        model, tmp_path / "vgg", quantize=export.VARIANTS, calibration=test.images[-200:],  # disjoint from the verified images
+        verification=test.images[:1000:2], verification_labels=test.labels[:1000:2], class_names=names,
     )
-    assert set(record["variants"]) == {"float32", "int8"}
-    assert all(entry["verification"]["passed"] for entry in record["variants"].values())
+    assert set(record["variants"]) == set(export.VARIANTS)
+    for variant, entry in record["variants"].items():
+        assert entry["verification"]["passed"] and entry["verification"]["images"] == 500, variant
+        assert entry["mediapipe"]["passed"] and entry["mediapipe"]["class_names_from_file"], variant
+        assert entry["litert_cpu"]["fully_accelerated"] is True, variant
     assert record["variants"]["int8"]["verification"]["keras_accuracy"] > 0.85  # a trained network, not noise
     float32 = export.float32_model(model)
     assert {layer.dtype_policy.name for layer in float32.layers} == {"float32"}
@@ -139,7 +147,7 @@ def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, ca
 
     real = export._convert
 
-    def crash_on_int8(saved_model, path, quantize, representative_data):
+    def crash_on_int8(saved_model, path, quantize, representative_data):  # after the float32 file was written
         if quantize == "int8":
             raise RuntimeError("simulated crash mid-export")
         return real(saved_model, path, quantize, representative_data)

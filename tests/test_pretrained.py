@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from zoo import get_model, lenet5, list_models, model_info, pretrained, vgg16, vgg16_bn
+from zoo import get_model, lenet5, list_models, mobile, model_info, pretrained, vgg16, vgg16_bn
 from zoo.cli import main
 from zoo.data import load_image_folder_split
 from zoo.evaluation import evaluate, probabilities
@@ -143,6 +143,21 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     assert accuracy == pytest.approx(card["accuracy"]["test_top1"], abs=1e-9)
     assert card["int8"]["check"]["images"] == len(test.images[::CHECK_STEP])
     assert "lenet5" in (folder / "README.md").read_text()
+    assert card["int8"]["mediapipe"] is True and card["int8"]["fully_accelerated"] is True
+    metadata = mobile.read_metadata(folder / "model_int8.tflite")
+    assert (metadata["name"], metadata["license"], metadata["labels"]) == ("lenet5_tiny", "Apache-2.0", card["data"]["classes"])
+    assert metadata["version"].startswith("tiny")
+    # A release re-exports its TFLite files in place (only with --overwrite): same weights and figures.
+    assert main(["release", str(folder), "--data-dir", str(small_cifar10)]) == 2
+    assert "needs --overwrite" in capsys.readouterr().err
+    (folder / "model_int8.tflite").write_bytes(b"an older export")
+    assert main(["release", str(folder), "--data-dir", str(small_cifar10), "--overwrite"]) == 0
+    assert f"re-exported the TFLite files of lenet5(weights='tiny') -> {folder}" in capsys.readouterr().out
+    again = json.loads((folder / "model_card.json").read_text())
+    assert {k: v for k, v in again.items() if k not in ("files", "int8")} == {k: v for k, v in card.items() if k not in ("files", "int8")}
+    assert again["files"]["model.weights.h5"] == card["files"]["model.weights.h5"]
+    assert all(sha256(folder / name) == entry["sha256"] for name, entry in again["files"].items())
+    assert mobile.read_metadata(folder / "model_int8.tflite")["labels"] == card["data"]["classes"]
     # An existing release is kept unless --overwrite; bad arguments fail before any work.
     assert main(args) == 2
     assert "exists" in capsys.readouterr().err

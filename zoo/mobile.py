@@ -189,7 +189,7 @@ class MediaPipeClassifier:
         options = ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=-1)
         try:
             self.classifier = ImageClassifier.create_from_options(options)
-        except (RuntimeError, ValueError) as e:
+        except Exception as e:  # its status codes become RuntimeError, ValueError, FileNotFoundError, ...
             raise ValueError(f"MediaPipe's ImageClassifier refuses {path}: {e}") from None
 
     def classify(self, images):

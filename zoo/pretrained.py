@@ -131,5 +131,27 @@ def results_table():
     return header + "\n".join(rows) + "\n"
 
 
+def deploy_table():
+    """A Markdown table of every released TFLite file, from the releases' `export.json`: what an app gets."""
+    header = (
+        "| model | variant | size | latency, 1 thread | fully delegated (LiteRT CPU) | MediaPipe | test top-1 | agreement with Keras |\n"
+        "| --- | --- | ---: | ---: | --- | --- | ---: | ---: |\n"
+    )
+    rows = []
+    for (model, tag), c in cards().items():
+        record = json.loads((pathlib.Path(c["folder"]) / "export.json").read_text())
+        for variant, entry in record["variants"].items():
+            litert, mediapipe, check = entry.get("litert_cpu", {}), entry.get("mediapipe", {}), entry["verification"]
+            cells = [
+                f"{model} ({tag})", variant, f"{entry['bytes'] / 2**20:.2f} MiB",
+                f"{litert['median_ms']:.2f} ms" if litert else "-",
+                {True: "yes", False: "no"}.get(litert.get("fully_accelerated"), "-"),
+                {True: "yes", False: "no"}.get(mediapipe.get("passed"), "-"),
+                _pct(check["accuracy"]), _pct(check["agreement"]),
+            ]
+            rows.append("| " + " | ".join(cells) + " |")
+    return header + "\n".join(rows) + "\n"
+
+
 def _pct(value):
     return "-" if value is None else f"{100 * value:.2f}%"

@@ -96,7 +96,8 @@ PAGE = """<!doctype html>
   body { font: 16px/1.4 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
   #drop { border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; margin: 1rem 0; }
   #drop.over { background: #eef; }
-  #preview { max-width: 12rem; image-rendering: pixelated; display: block; margin: 1rem 0; }
+  #preview { width: 12rem; height: auto; image-rendering: pixelated; display: block; margin: 1rem 0; }
+  #preview:not([src]) { display: none; }
   #predictions { display: none; }
 </style>
 </head>

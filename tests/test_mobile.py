@@ -1,0 +1,218 @@
+"""What apps see of the TFLite files: MediaPipe Tasks' ImageClassifier, LiteRT's benchmark tool, the
+metadata read back, and the `--formats web` page in headless Chromium; on real CIFAR-10 test images."""
+
+import contextlib
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoo import lenet5, mobile
+from zoo.cli import main
+from zoo.data import load_image_folder_split
+from zoo.export import ExportError, TFLiteModel, export_model, to_tflite
+
+from conftest import ROOT
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CHROMIUM = shutil.which("chromium")
+# As the probe of these machines starts it: no background connections, which the closed network refuses.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def test_images(cifar10_dir):
+    """Every 10th image of the local test half, in file order: 500 real images, 50 per class."""
+    split, names = load_image_folder_split(cifar10_dir, "test", (32, 32))
+    assert names == CLASSES
+    return split.images[::10], split.labels[::10]
+
+
+@pytest.mark.parametrize("release", ["lenet5_cifar10", "vgg11_bn_cifar10"])
+def test_every_released_tflite_file_runs_in_mediapipe_with_names_and_probabilities(release, test_images):
+    images, labels = test_images
+    folder = ROOT / "saved_models" / release
+    card = json.loads((folder / "model_card.json").read_text())
+    files = sorted(folder.glob("*.tflite"))
+    assert files and {f.name for f in files} == {e["file"] for e in json.loads((folder / "export.json").read_text())["variants"].values()}
+    for path in files:
+        classifier = mobile.MediaPipeClassifier(path)
+        try:
+            scores, names = classifier.classify(images)
+        finally:
+            classifier.close()
+        assert names == CLASSES, f"{path.name}: class names come from the file"
+        np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=1e-3, err_msg=f"{path.name}: probabilities")
+        interpreter = TFLiteModel(path).predict(images)
+        assert (scores.argmax(1) == interpreter.argmax(1)).mean() >= 0.999, path.name
+        accuracy = (scores.argmax(1) == labels).mean()
+        assert abs(accuracy - card["accuracy"]["test_top1"]) < 0.03, f"{path.name}: {accuracy} on 500 of the card's images"
+
+
+def test_released_files_are_fully_delegated_in_litert_and_say_so(tmp_path):
+    """LiteRT's own benchmark tool, as a user runs it: every released file runs entirely in its CPU
+    accelerator (XNNPACK), int8 included (its softmax is float, see zoo.export)."""
+    for folder in sorted((ROOT / "saved_models").glob("*_cifar10")):
+        record = json.loads((folder / "export.json").read_text())
+        for variant, entry in record["variants"].items():
+            assert entry["litert_cpu"]["fully_accelerated"] is True, (folder.name, variant)
+    result = tmp_path / "result.json"
+    int8 = ROOT / "saved_models" / "vgg11_bn_cifar10" / "model_int8.tflite"
+    command = [sys.executable, "-m", "ai_edge_litert.tools.benchmark_litert_model", "--model", str(int8), "--num_runs", "3", "--require_full_delegation", "--result_json", str(result)]
+    subprocess.run(command, check=True, capture_output=True)
+    assert json.loads(result.read_text())["fully_accelerated"] is True
+
+
+def test_metadata_read_back_equals_what_was_written(tmp_path):
+    plain = tmp_path / "plain.tflite"
+    to_tflite(lenet5(num_classes=3), plain)
+    names = ["cat", "dog", "bird with a long name"]
+    written = tmp_path / "with_metadata.tflite"
+    written.write_bytes(mobile.add_metadata(
+        plain.read_bytes(), class_names=names, name="pets", description="three pets", version="v2", author="me", license="MIT",
+    ))
+    metadata = mobile.read_metadata(written)
+    assert {k: metadata[k] for k in ("name", "description", "version", "author", "license", "min_parser_version")} == {
+        "name": "pets", "description": "three pets", "version": "v2", "author": "me", "license": "MIT", "min_parser_version": "1.0.0",
+    }
+    assert metadata["input"]["color_space"] == "RGB"
+    assert metadata["input"]["normalization"] == {"mean": [0.0], "std": [1.0]}  # raw 0-255 pixels in
+    assert metadata["input"]["stats"] == {"min": [0.0], "max": [255.0]}
+    assert metadata["output"]["label_file"] == "labels.txt" and metadata["labels"] == names
+    assert mobile.packed_labels(written) == names
+    assert mobile.read_metadata(plain) is None
+    image = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(TFLiteModel(written).predict(image), TFLiteModel(plain).predict(image))  # same model
+    with pytest.raises(ValueError, match="2 class names for a model with 3 outputs"):
+        mobile.add_metadata(plain.read_bytes(), class_names=names[:2], name="pets")
+
+
+def test_a_file_without_metadata_still_predicts_and_mediapipe_says_why_it_needs_metadata(tmp_path, capsys, cifar10_dir):
+    plain = tmp_path / "from_elsewhere.tflite"
+    to_tflite(lenet5(weights="cifar10"), plain)
+    cat = str(cifar10_dir / "test" / "cat" / "0000.jpg")
+    assert main(["predict", str(plain), cat, "--top", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] == "3"  # no labels anywhere: indices
+    assert main(["info", str(plain)]) == 0
+    assert "metadata: none" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="MediaPipe's ImageClassifier refuses .*NormalizationOptions"):
+        mobile.MediaPipeClassifier(plain)
+
+
+def test_zoo_info_and_bench_show_what_an_app_gets(capsys):
+    int8 = ROOT / "saved_models" / "lenet5_cifar10" / "model_int8.tflite"
+    assert main(["info", str(int8)]) == 0
+    out = capsys.readouterr().out
+    assert "input   serving_default_image:0: float32 [1, 32, 32, 3]" in out
+    assert "name         lenet5_cifar10" in out and "license      Apache-2.0" in out
+    assert "RGB image, normalization mean [0.0] std [1.0], range [0.0, 255.0]" in out
+    assert "10 labels in labels.txt: airplane, automobile" in out
+    assert main(["bench", str(ROOT / "saved_models" / "lenet5_cifar10"), "--runs", "5"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert "fully delegated (LiteRT CPU)" in rows[1]
+    assert all(row.split()[-1] == "yes" for row in rows[3:]), rows
+
+
+def test_without_mediapipe_export_names_the_extra_before_any_work(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "mediapipe.tasks.metadata", None)  # as if not installed
+    with pytest.raises(mobile.MobileExtraMissing, match=r"pip install 'zoo\[mobile\]'"):
+        export_model(lenet5(), tmp_path / "e", formats=("tflite",), quantize=("float32",), enforce_bounds=False)
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--formats", "saved_model,web"], "--formats web puts a TFLite file in the page: it needs tflite in --formats"),
+        (["--formats", "tflite,web", "--quantize", "float16,dynamic"], "and int8 or float32 in --quantize"),
+        (["--formats", "tflite,webpage"], "Unknown format. Valid: saved_model, tflite, web. Received: formats=webpage"),
+    ],
+)
+def test_bad_export_requests_fail_before_any_work(args, message, tmp_path, capsys, monkeypatch):
+    import zoo.export
+
+    monkeypatch.setattr(zoo.export, "_export_into", lambda *a, **k: pytest.fail("work started"))
+    out = tmp_path / "e"
+    assert main(["export", "lenet5", "--weights", "cifar10", "--out", str(out), "--no-verify", *args]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_labels_of_another_count_and_an_existing_export_are_refused_intact(tmp_path, capsys, monkeypatch):
+    import zoo.export
+
+    with pytest.raises(ExportError, match="3 class names for a model with 10 outputs"):
+        export_model(lenet5(), tmp_path / "e", formats=("tflite",), quantize=("float32",), class_names=["a", "b", "c"], enforce_bounds=False)
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "model_int8.tflite").write_bytes(b"the user's file")
+    monkeypatch.setattr(zoo.export, "_export_into", lambda *a, **k: pytest.fail("work started"))
+    assert main(["export", "lenet5", "--weights", "cifar10", "--out", str(existing), "--formats", "tflite,web", "--no-verify"]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert [p.name for p in existing.iterdir()] == ["model_int8.tflite"] and (existing / "model_int8.tflite").read_bytes() == b"the user's file"
+
+
+@contextlib.contextmanager
+def served(folder):
+    """`folder` on a static file server on 127.0.0.1 (a free port); yields the base URL."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def page_predictions(page, url):
+    """The `class<TAB>probability` lines the page writes into #predictions once its status leaves
+    "loading" (Playwright driving headless Chromium: unlike --dump-dom with a virtual time budget,
+    it waits for the WebAssembly runtime, however long it takes to compile)."""
+    page.goto(url)
+    page.wait_for_function("document.getElementById('status').textContent !== 'loading the model...'", timeout=120_000)
+    assert page.text_content("#status") == "ready", (url, page.text_content("#status"))
+    text = page.text_content("#predictions")
+    return [(line.split("\t")[0], float(line.split("\t")[1])) for line in text.splitlines()]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
+def test_the_web_page_classifies_real_images_like_the_interpreter(tmp_path, cifar10_dir, capsys):
+    out = tmp_path / "export"
+    args = ["export", "lenet5", "--weights", "cifar10", "--out", str(out), "--formats", "tflite,web", "--quantize", "int8",
+            "--calibration-data", str(cifar10_dir), "--verify-images", "500", "--no-verify"]
+    assert main(args) == 0
+    capsys.readouterr()
+    web = out / "web"
+    assert json.loads((out / "export.json").read_text())["web"]["variant"] == "int8"
+    assert (web / "model.tflite").read_bytes() == (out / "model_int8.tflite").read_bytes()
+    assert {"index.html", "vision_bundle.mjs", "wasm"} <= {p.name for p in web.iterdir()}
+    images = [cifar10_dir / "test" / name / f"{i:04d}.jpg" for name in CLASSES for i in (7, 8)]  # 20 real test images
+    (web / "images").mkdir()
+    for image in images:
+        shutil.copy(image, web / "images" / f"{image.parent.name}-{image.name}")
+    interpreter = TFLiteModel(web / "model.tflite")
+    playwright = pytest.importorskip("playwright.sync_api", reason="Playwright drives Chromium here: pip install -e '.[dev]'")
+    with served(web) as base, playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS[1:])  # headless is its default
+        page = browser.new_page()
+        for image in images:
+            lines = page_predictions(page, f"{base}/index.html?image=images/{image.parent.name}-{image.name}")
+            assert [name for name, _ in lines] and sorted(name for name, _ in lines) == sorted(CLASSES)
+            assert abs(sum(p for _, p in lines) - 1) < 1e-3 and lines == sorted(lines, key=lambda line: -line[1])
+            expected = interpreter.predict(np.asarray(Image.open(image).convert("RGB"))[None])[0]
+            assert lines[0][0] == CLASSES[int(expected.argmax())], image
+        browser.close()
