@@ -188,7 +188,7 @@ def test_a_run_that_failed_before_its_first_epoch_leaves_nothing_and_does_not_bl
 
 
 def test_a_run_resumes_after_its_data_moved_or_its_notes_changed_but_not_with_other_settings(tmp_path):
-    from zoo.training import RunFolderError, prepare_run_folder
+    from zoo.run_folder import RunFolderError, prepare_run_folder
 
     run_dir = tmp_path / "run"
     started = recipes.load("lenet5_cifar10", ["data.data_dir='/old/place'"])
@@ -309,7 +309,7 @@ def test_a_recipe_with_auto_precision_trains_in_the_policy_of_the_cpu_kind(flags
 
 
 def test_best_checkpoint_every_n_epochs_writes_the_best_weights_with_the_backups(tmp_path):
-    from zoo.training import BestCheckpoint
+    from zoo.callbacks import BestCheckpoint
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = tmp_path / "model.keras"

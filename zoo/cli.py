@@ -190,18 +190,19 @@ def cmd_eval(args):
     import json
 
     from zoo import pretrained
-    from zoo.data import DataUnavailableError, Split, load_dataset, load_image_folder_split
+    from zoo.data import DataUnavailableError, Split, load_dataset, load_test_images
     from zoo.evaluation import check_classes, evaluate
-    from zoo.loading import load_model
+    from zoo.loading import load_model, run_results
 
     model, model_class_names = load_model(args.model, weights=args.weights)
     height, width, channels = model.input.shape[1:]
-    if args.data_dir:  # only test/ is decoded
-        test, class_names = load_image_folder_split(args.data_dir, "test", (height, width), channels)
+    if args.data_dir:  # only the test images are decoded
+        split = (run_results(args.model) or {}).get("data", {}).get("split")
+        test, class_names, part = load_test_images(args.data_dir, (height, width), channels, split)
+        source = os.path.abspath(args.data_dir)
         if args.limit:
             keep = np.random.default_rng(0).permutation(len(test))[: args.limit]
             test = Split(test.images[keep], test.labels[keep])
-        source = os.path.abspath(args.data_dir)
     else:
         try:
             dataset = load_dataset(
@@ -213,13 +214,13 @@ def cmd_eval(args):
                 raise
             card = pretrained.card(args.model, args.weights)
             raise DataUnavailableError(f"{e} The figures of {_model_title(args)} were measured on {card['data']['test']}.") from None
-        test, class_names, source = dataset.test, dataset.class_names, dataset.source
+        test, class_names, source, part = dataset.test, dataset.class_names, dataset.source, "test"
     check_classes(model, class_names, model_class_names, source)
     result = evaluate(model, test, class_names, tta_flip=args.tta_flip)
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{_model_title(args)} on {source} test ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
+    print(f"{_model_title(args)} on {source}, {part} ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}\n")
     rows = [(name, f"{acc:.4f}") for name, acc in result["per_class_accuracy"].items()]
     print(_table(rows, ("class", "accuracy")))

@@ -49,6 +49,7 @@ class Dataset:
     test: Split
     class_names: list
     source: str
+    split: dict = dataclasses.field(default_factory=dict)  # how the splits were made (results.json keeps it)
 
 
 def cache_dir():
@@ -65,35 +66,93 @@ def load_dataset(
     image_size=(32, 32),
     channels=3,
     validation_size=5000,
+    validation_fraction=0.0,
+    test_fraction=0.2,
     seed=0,
     limit=None,
 ):
     """Train/validation/test splits as uint8 arrays of `image_size`.
 
-    `data_dir` (an image-folder tree `train/<class>/*`, `test/<class>/*`) takes precedence over
-    `source`, a tensorflow-datasets name. The validation split is carved from train with `seed`.
-    `limit` keeps only the first `limit` images of each split after a seeded shuffle (for quick runs).
+    `data_dir` takes precedence over `source`, a tensorflow-datasets name. It is an image-folder tree
+    `train/<class>/*` and `test/<class>/*`, or a single folder of class folders, which is split with
+    `seed` into train and test (`test_fraction` of each class: a stratified split). The validation
+    split is carved from train with `seed`: `validation_size` random images, or with
+    `validation_fraction` that fraction of each class. `limit` keeps only the first `limit` images
+    of each split after a seeded shuffle (for quick runs).
     """
     if channels not in COLOR_MODES:
         raise ValueError(f"`channels` must be one of {sorted(COLOR_MODES)}. Received: channels={channels!r}")
-    if data_dir:
+    rng = np.random.default_rng(seed)
+    how = {"seed": seed}
+    if data_dir and is_single_folder(data_dir):
+        everything, class_names = load_image_folder_split(data_dir, None, image_size, channels)
+        source = str(pathlib.Path(data_dir).resolve())
+        test, train = stratified_split(everything, test_fraction, class_names, rng, "data.test_fraction")
+        how.update(layout="one folder of class folders, split per class", test_fraction=test_fraction)
+    elif data_dir:
         train, test, class_names = load_image_folders(data_dir, image_size, channels)
         source = str(pathlib.Path(data_dir).resolve())
+        how.update(layout="train/ and test/ folders")
     else:
         train, test, class_names = load_tfds(source, image_size, channels, data_dir=tfds_data_dir)
         source = f"tfds:{source}"
-    rng = np.random.default_rng(seed)
+        how.update(layout="tensorflow-datasets train and test splits")
     train = _take(train, rng.permutation(len(train)))
     test = _take(test, rng.permutation(len(test)))
-    if not 0 <= validation_size < len(train):
-        raise ValueError(
-            f"data.validation_size (images carved from train for validation) must be less than the {len(train):,} "
-            f"training images of {source}, leaving some to train on. Received: data.validation_size={validation_size!r}"
-        )
-    val, train = _take(train, slice(0, validation_size)), _take(train, slice(validation_size, None))
+    if validation_fraction:
+        val, train = stratified_split(train, validation_fraction, class_names, rng, "data.validation_fraction")
+        how.update(validation_fraction=validation_fraction)
+    else:
+        if not 0 <= validation_size < len(train):
+            raise ValueError(
+                f"data.validation_size (images carved from train for validation) must be less than the {len(train):,} "
+                f"training images of {source}, leaving some to train on. Received: data.validation_size={validation_size!r}"
+            )
+        val, train = _take(train, slice(0, validation_size)), _take(train, slice(validation_size, None))
+        how.update(validation_size=validation_size)
     if limit:
         train, val, test = (_take(s, slice(0, limit)) for s in (train, val, test))
-    return Dataset(train, val, test, class_names, source)
+    return Dataset(train, val, test, class_names, source, how)
+
+
+def load_test_images(data_dir, image_size, channels=3, split=None):
+    """`(test split, class names, which images)` of `--data-dir` for evaluation: its `test/` folder;
+    for a single folder of class folders, the test part of the split a run made of it (`split`, from
+    its results.json: seed and test_fraction), else every image in it."""
+    if not is_single_folder(data_dir):
+        test, class_names = load_image_folder_split(data_dir, "test", image_size, channels)
+        return test, class_names, "test/"
+    if split and "test_fraction" in split:
+        dataset = load_dataset(
+            data_dir=data_dir, image_size=image_size, channels=channels, validation_size=0,
+            test_fraction=split["test_fraction"], seed=split["seed"],
+        )
+        return dataset.test, dataset.class_names, f"the run's test part ({split['test_fraction']:.0%} of each class, seed {split['seed']})"
+    everything, class_names = load_image_folder_split(data_dir, None, image_size, channels)
+    return everything, class_names, "every image"
+
+
+def stratified_split(split, fraction, class_names, rng, key="fraction"):
+    """`(held, kept)`: `fraction` of each class's images (at least one) held out, drawn with `rng`;
+    a ValueError naming a class too small to leave images on both sides."""
+    held, kept = [], []
+    for label, name in enumerate(class_names):
+        index = rng.permutation(np.flatnonzero(split.labels == label))
+        count = max(1, round(fraction * len(index)))
+        if count >= len(index):
+            raise ValueError(
+                f"Class '{name}' has {len(index)} image{'s' if len(index) != 1 else ''}: too few to hold out {key} = {fraction} "
+                "of them and keep some. Add images, or lower the fraction."
+            )
+        held.append(index[:count])
+        kept.append(index[count:])
+    return _take(split, np.sort(np.concatenate(held))), _take(split, np.sort(np.concatenate(kept)))
+
+
+def is_single_folder(data_dir):
+    """Whether `data_dir` is one folder of class folders (no `train/` or `test/` split folders)."""
+    root = pathlib.Path(data_dir)
+    return root.is_dir() and not (root / "train").exists() and not (root / "test").exists()
 
 
 def _take(split, index):
@@ -175,6 +234,13 @@ def image_files(paths):
     return files
 
 
+def folder_class_names(data_dir):
+    """The class names of `--data-dir` without decoding anything: of train/ and test/, or of the single folder."""
+    if is_single_folder(data_dir):
+        return [p.name for p in _entries(pathlib.Path(data_dir), pathlib.Path.is_dir)]
+    return class_folders(data_dir)
+
+
 def class_folders(data_dir):
     """Class names of an image-folder tree (sorted folder names), checked across both splits."""
     root = pathlib.Path(data_dir)
@@ -204,7 +270,15 @@ def load_image_folders(data_dir, image_size, channels=3):
 
 
 def load_image_folder_split(data_dir, split, image_size, channels=3):
-    """One split (`"train"` or `"test"`) of an image-folder tree, in file order, and the class names."""
+    """One split (`"train"` or `"test"`) of an image-folder tree, in file order, and the class names;
+    with `split=None`, all images of a single folder of class folders."""
+    if split is None:
+        class_names = [p.name for p in _entries(pathlib.Path(data_dir), pathlib.Path.is_dir)]
+        if not class_names:
+            raise ValueError(
+                f"{data_dir} has no class folders: expected {data_dir}/<class>/* (or train/<class>/* and test/<class>/*)."
+            )
+        return _load_split(pathlib.Path(data_dir), class_names, image_size, channels), class_names
     class_names = class_folders(data_dir)
     return _load_split(pathlib.Path(data_dir) / split, class_names, image_size, channels), class_names
 

@@ -23,9 +23,8 @@ def load_model(source, weights=None):
     if path.is_file():
         if weights:
             raise ValueError(f"`weights` applies to a model name, not to a model file ({path}). Received: weights={weights!r}")
-        results = path.parent / "results.json"
-        names = find_labels(path) or (json.loads(results.read_text())["data"]["class_names"] if results.is_file() else None)
-        return load_keras_file(path), names
+        results = run_results(path)
+        return load_keras_file(path), find_labels(path) or (results["data"]["class_names"] if results else None)
     if path.is_dir():
         raise FileNotFoundError(f"{source} is a folder without model.keras, not a run folder")
     if path.suffix or len(path.parts) > 1:  # model names have neither
@@ -40,6 +39,13 @@ def load_model(source, weights=None):
         )
     model = get_model(source, weights=None if weights == RANDOM_WEIGHTS else weights)
     return model, pretrained.card(source, weights)["data"]["classes"] if pretrained.is_tag(weights) and weights != RANDOM_WEIGHTS else None
+
+
+def run_results(source):
+    """The results.json of the run folder `source` (or of the run folder holding the .keras file `source`), if any."""
+    path = pathlib.Path(source)
+    results = (path if path.is_dir() else path.parent) / "results.json"
+    return json.loads(results.read_text()) if results.is_file() else None
 
 
 def load_keras_file(path, compile=False):

@@ -21,6 +21,8 @@ OPTIONAL = None
 SCHEMA = {
     "model": {
         "name": (str, REQUIRED),
+        "weights": (str, "none"),  # start from: a released tag, a .weights.h5/.keras file, a run folder, or "none"
+        "num_classes": (int, OPTIONAL),  # pins the class count: data with another count is an error
         "batch_norm": (bool, OPTIONAL),
         "dropout": (float, OPTIONAL),
         "fc_units": (list, OPTIONAL),
@@ -31,6 +33,8 @@ SCHEMA = {
         "tfds_data_dir": (str, ""),
         "image_size": (list, [32, 32]),
         "validation_size": (int, 5000),
+        "validation_fraction": (float, 0.0),  # > 0: this fraction of each class of train, instead of validation_size
+        "test_fraction": (float, 0.2),  # for a single folder of class folders (no train/ and test/): each class's share
         "batch_size": (int, 128),  # per replica
         "limit": (int, 0),  # keep only this many images per split (0: all)
     },
@@ -49,6 +53,11 @@ SCHEMA = {
         "name": (str, "warmup_cosine"),
         "warmup_epochs": (float, 1.0),
         "final_fraction": (float, 0.0),  # learning rate at the end, as a fraction of the peak
+    },
+    "finetune": {  # applies when [model] weights is not "none"
+        "frozen_epochs": (int, 0),  # the first epochs train the head only, the backbone frozen
+        "backbone_lr_scale": (float, 0.1),  # then the backbone learns at this fraction of the head's rate
+        "batch_norm_frozen": (bool, True),  # batch norm stays in inference mode throughout (Keras' guide)
     },
     "training": {
         "epochs": (int, 30),
@@ -80,7 +89,12 @@ RANGES = {
     ("model", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("model", "fc_units"): ("a list of integers >= 1", _positive_ints()),
     ("data", "image_size"): ("[height, width], integers >= 1", _positive_ints(2)),
+    ("model", "num_classes"): (">= 2", lambda v: v >= 2),
     ("data", "validation_size"): (">= 1 (the best checkpoint is chosen on it)", lambda v: v >= 1),
+    ("data", "validation_fraction"): ("in [0, 1) (0: use validation_size)", lambda v: 0 <= v < 1),
+    ("data", "test_fraction"): ("in (0, 1)", lambda v: 0 < v < 1),
+    ("finetune", "frozen_epochs"): (">= 0", lambda v: v >= 0),
+    ("finetune", "backbone_lr_scale"): ("in (0, 1]", lambda v: 0 < v <= 1),
     ("data", "batch_size"): (">= 1", lambda v: v >= 1),
     ("data", "limit"): (">= 0 (0: all images)", lambda v: v >= 0),
     ("augment", "crop_padding"): (">= 0 (0: off)", lambda v: v >= 0),

@@ -19,7 +19,7 @@ import numpy as np
 
 import zoo
 from zoo import pretrained
-from zoo.data import load_dataset, load_image_folder_split
+from zoo.data import is_single_folder, load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
 from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model, require_tensorflow_backend
 from zoo.files import BUNDLED, replace_folder, sha256
@@ -93,7 +93,9 @@ def release(
     trained = float32_model(load_keras_file(run_dir / "model.keras"))
     options = options_of(trained)
     height, width, channels = options["input_shape"]
-    train, test, class_names, test_source = _release_data(data_dir, tfds_data_dir, source, (height, width), channels)
+    train, test, class_names, test_source = _release_data(
+        data_dir, tfds_data_dir, source, (height, width), channels, results["data"].get("split"),
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -150,6 +152,7 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
             "test_accuracy": results["test_accuracy"],
             "test_accuracy_with_flip_tta": results["tta_flip"],
             "resumed_from_epoch": results["resumed_from_epoch"],
+            "starting_weights": results.get("starting_weights"),
             "hardware": results["hardware"],
             "hardware_summary": hardware_summary(results),
             "versions": results["versions"],
@@ -165,7 +168,7 @@ def _export_tflite_files(folder, model, card, train, test, quantize):
     """Write the release's TFLite files (with metadata from the card) and `export.json` into
     `folder`, verified on `test`; returns the card's int8 entry."""
     rng = np.random.default_rng(0)
-    calibration = train.images[rng.choice(len(train), CALIBRATION_IMAGES, replace=False)]
+    calibration = train.images[rng.choice(len(train), min(CALIBRATION_IMAGES, len(train)), replace=False)]
     acc = card["accuracy"]
     metadata = {
         "name": card["name"],
@@ -229,8 +232,16 @@ def reexport(folder, *, data_dir=None, tfds_data_dir=None, source="cifar10", ove
     return {**card, "folder": str(folder)}
 
 
-def _release_data(data_dir, tfds_data_dir, source, image_size, channels):
-    """(train, test, class names, test source) in file order, so a test can recompute the card's int8 check."""
+def _release_data(data_dir, tfds_data_dir, source, image_size, channels, split=None):
+    """(train, test, class names, test source) in file order, so a test can recompute the card's int8
+    check; a single folder of class folders is split as the run split it (`split` from results.json)."""
+    if data_dir and is_single_folder(data_dir):
+        split = split or {}
+        dataset = load_dataset(
+            data_dir=data_dir, image_size=image_size, channels=channels, validation_size=0,
+            test_fraction=split.get("test_fraction", 0.2), seed=split.get("seed", 0),
+        )
+        return dataset.train, dataset.test, dataset.class_names, f"{dataset.source}, the run's test part"
     if data_dir:
         train, class_names = load_image_folder_split(data_dir, "train", image_size, channels)
         test, _ = load_image_folder_split(data_dir, "test", image_size, channels)
@@ -293,6 +304,8 @@ def card_readme(card):
         f"{training['epochs']} epochs in {training['train_seconds'] / 60:.1f} min on {training['hardware_summary']}; "
         f"best validation accuracy {training['val_accuracy'] * 100:.2f}% on {card['data']['val_images']:,} images held out "
         f"of {card['data']['train_images'] + card['data']['val_images']:,} training images.",
+        *([f"- Fine-tuned from {training['starting_weights']['weights']} ({training['starting_weights']['head']}; "
+           f"sha256 {training['starting_weights']['sha256'][:12]}…)."] if training.get("starting_weights") else []),
         f"- Weights stored as {card['weights_dtype']}.",
         "",
         "| file | bytes | sha256 |",

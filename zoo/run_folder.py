@@ -1,0 +1,131 @@
+"""A run folder's state: what it holds, whether a command may train in it, and the lock.
+
+A run folder holds `recipe.toml` (the resolved recipe), `model.keras` (best on validation),
+`history.csv`, `state.json` (training seconds, resumes), `results.json` once finished, `logs/`,
+`plots/` and, while training, `backup/` (the resume point). One training at a time holds a run
+folder (a lock file beside it, so `--overwrite` can move the folder).
+"""
+
+import contextlib
+import json
+import math
+import os
+import pathlib
+import shutil
+
+from zoo import recipe as recipes
+from zoo.files import LockedError, exclusive_lock
+
+BACKUP = "backup"
+STATE = "state.json"
+
+
+class RunFolderError(FileExistsError):
+    """A run folder that cannot be used as asked (finished, or started with another recipe)."""
+
+
+def prepare_run_folder(run_dir, recipe, overwrite=False):
+    """Create `run_dir`, or check that it can be resumed; return the epoch to resume from (0: fresh)."""
+    run_dir = pathlib.Path(run_dir)
+    recipe_text = recipes.to_toml(recipe)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if overwrite:  # the last finished run is kept aside until the new one has finished
+            previous = previous_run(run_dir)
+            if previous.exists():  # run_dir is an unfinished replacement of it: only that goes
+                shutil.rmtree(run_dir)
+            else:
+                os.replace(run_dir, previous)
+            print(f"--overwrite: the previous run is kept in {previous} until this one finishes", flush=True)
+        elif (run_dir / "results.json").exists():
+            raise RunFolderError(f"Run folder {run_dir} holds a finished run. Use another --out, or --overwrite to replace it.")
+        elif (run_dir / "recipe.toml").exists() and not same_run(run_dir / "recipe.toml", recipe):
+            if (run_dir / BACKUP).exists() or (run_dir / "model.keras").exists():
+                raise RunFolderError(
+                    f"Run folder {run_dir} was started with a different recipe, so it cannot be resumed with this one. "
+                    "Use another --out, or --overwrite to start again."
+                )
+            # Stopped before its first backup (e.g. by bad data): nothing to keep, start this recipe in it.
+            print(f"{run_dir} holds no epoch of its other recipe: starting this one there", flush=True)
+            for leftover in (run_dir / STATE, run_dir / "history.csv"):
+                leftover.unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "logs", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.toml").write_text(recipe_text)
+    metadata = run_dir / BACKUP / "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
+    epoch = json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
+    drop_epochs_from(run_dir / "history.csv", epoch)
+    return epoch
+
+
+def same_run(recipe_file, recipe):
+    """Whether a run folder's `recipe_file` defines the same run as `recipe`: only the location of
+    the data (`data_dir`, `tfds_data_dir`, so a run resumes after its data moved) and the words
+    (`description`, `[expected]`) may differ."""
+    try:
+        stored = recipes.load(recipe_file)
+    except recipes.RecipeError:
+        return False
+
+    def what(r):
+        return {**r, "name": None, "description": None, "expected": None, "data": {**r["data"], "data_dir": "", "tfds_data_dir": ""}}
+
+    return what(stored) == what(recipe)
+
+
+def previous_run(run_dir):
+    """Where `--overwrite` keeps the finished run it replaces until the new one finishes."""
+    return run_dir.with_name(f".{run_dir.name}-previous")
+
+
+def drop_if_empty(run_dir):
+    """After a failure: remove a run folder that holds no checkpoint (it failed before its first good
+    epoch, e.g. on bad data or a NaN loss), and put back the finished run it was replacing."""
+    if (run_dir / "model.keras").exists() or (run_dir / "results.json").exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if previous_run(run_dir).exists():
+        os.replace(previous_run(run_dir), run_dir)
+        print(f"the previous run is back in {run_dir}", flush=True)
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir):
+    """One training process per run folder: the lock file lies beside it, so `--overwrite` can move it."""
+    try:
+        folder = run_dir.resolve()
+        with exclusive_lock(folder.parent / f".{folder.name}.lock"):
+            yield
+    except LockedError as e:
+        raise RunFolderError(f"Run folder {run_dir} is in use by another training ({e}). Wait for it to end, or use another --out.") from None
+
+
+def history_rows(history_csv):
+    """The header and rows of a CSVLogger file ([], [] if there is none yet)."""
+    lines = history_csv.read_text().splitlines() if history_csv.exists() else []
+    return (lines[0], [l for l in lines[1:] if l]) if lines else (None, [])
+
+
+def drop_epochs_from(history_csv, epoch):
+    """Forget rows logged for `epoch` and later: a resumed run logs them again."""
+    header, rows = history_rows(history_csv)
+    if header:
+        history_csv.write_text("\n".join([header, *(r for r in rows if int(r.split(",")[0]) < epoch)]) + "\n")
+
+
+def best_validation(history_csv):
+    """The best `(val_accuracy, -val_loss)` logged so far (the best checkpoint's score), or -infinities."""
+    header, rows = history_rows(history_csv)
+    columns = header.split(",") if header else []
+    if "val_accuracy" not in columns:
+        return (-math.inf, -math.inf)
+    accuracy, loss = columns.index("val_accuracy"), columns.index("val_loss") if "val_loss" in columns else None
+    scores = [validation_score(float(r.split(",")[accuracy]), float(r.split(",")[loss]) if loss is not None else None) for r in rows]
+    return max(scores, default=(-math.inf, -math.inf))
+
+
+def validation_score(accuracy, loss):
+    """What the best checkpoint maximises: validation accuracy, then the lower validation loss (on
+    the few dozen validation images of a fine-tuning run, accuracy often ties, even at 100%)."""
+    if accuracy is None:
+        return None
+    return (accuracy, -loss if loss is not None and math.isfinite(loss) else -math.inf)
