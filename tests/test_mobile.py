@@ -216,3 +216,12 @@ def test_the_web_page_classifies_real_images_like_the_interpreter(tmp_path, cifa
             expected = interpreter.predict(np.asarray(Image.open(image).convert("RGB"))[None])[0]
             assert lines[0][0] == CLASSES[int(expected.argmax())], image
         browser.close()
+
+
+def test_without_npm_the_web_format_says_how_to_get_it(monkeypatch, tmp_path):
+    from zoo import web
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(web.shutil, "which", lambda name: None)
+    with pytest.raises(web.WebError, match=r"npm was not found. Install Node.js with npm \(https://nodejs.org/en/download, or: apt-get install npm\)"):
+        web.tasks_vision_folder()
