@@ -250,7 +250,7 @@ def test_two_seeded_runs_give_identical_weights_with_one_or_two_data_threads(sma
 def test_nan_loss_stops_cleanly_and_keeps_the_last_good_checkpoint(small_cifar10, tmp_path, monkeypatch, capsys):
     import zoo.training
 
-    def exploding(recipe, steps_per_epoch):
+    def exploding(recipe, steps_per_epoch, *backbone):
         schedule = keras.optimizers.schedules.PiecewiseConstantDecay([steps_per_epoch + 2], [0.01, 3e38])
         return keras.optimizers.SGD(learning_rate=schedule)
 

@@ -45,7 +45,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._write_waiting()
 
     def _write(self):
-        plain = keras.Model(self.model.input, self.model.output, name=self.model.name)  # same layers, not compiled
+        model = self.model
+        plain = keras.Model(model.input, model.output, name=model.name) if model.compiled else model  # same layers, not compiled
         frozen = [layer for layer in plain.layers if not layer.trainable]  # by a fine-tuning phase: not the file's business
         for layer in frozen:
             layer.trainable = True

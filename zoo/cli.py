@@ -9,6 +9,8 @@ import tempfile
 
 import numpy as np
 
+from zoo.backends import BACKENDS, choose as choose_backend
+
 # TensorFlow's start-up lines on a machine without a GPU (or without AVX flags compiled in).
 # They are printed by C++ before Python's logging exists; any other line still reaches stderr.
 _STARTUP_NOISE = (
@@ -180,7 +182,7 @@ def cmd_train(args):
     try:
         train(
             recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads,
-            backup_every=args.backup_every,
+            backup_every=args.backup_every, backend_choice={"requested": args.backend, "why": args.backend_why},
         )
     except TrainingDiverged as e:
         raise CommandFailed(e) from None
@@ -402,6 +404,10 @@ def build_parser():
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or different run in --out")
     p.add_argument("--strategy", choices=("mirrored", "multi_worker"), help="train on all local GPUs, or on the workers of TF_CONFIG")
+    p.add_argument(
+        "--backend", default="auto", choices=("auto", *BACKENDS),
+        help="the Keras backend (default auto: KERAS_BACKEND if set, else JAX with an NVIDIA GPU, else TensorFlow); results.json records it",
+    )
     p.add_argument("--data-threads", type=_positive_int, default=1, help="threads preparing batches ahead (results do not depend on it; default: 1)")
     p.add_argument(
         "--backup-every", type=_positive_int, default=1, metavar="N",
@@ -476,6 +482,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "include", None) == []:
         args.include = None
+    if getattr(args, "backend", None):  # before Keras is imported: it reads KERAS_BACKEND once
+        try:
+            _, args.backend_why = choose_backend(args.backend)
+        except ValueError as e:
+            print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+            return 2
     _import_keras_quietly()
     quiet = _startup_noise_filtered if args.command in _QUIET_COMMANDS else contextlib.nullcontext
     try:

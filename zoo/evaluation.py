@@ -77,6 +77,10 @@ def hardware():
         import jax
 
         accelerators = [d.device_kind for d in jax.devices() if d.platform != "cpu"]
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        accelerators = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     elif keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 

@@ -67,9 +67,18 @@ def resolve_precision(precision, cpuinfo="/proc/cpuinfo"):
     """
     if precision != "auto":
         return precision
-    if any(not d.lower().startswith("cpu") and "cpu:" not in d.lower() for d in keras.distribution.list_devices()):
+    if has_accelerator():
         return "mixed_bfloat16"
     return "mixed_bfloat16" if BF16_CPU_FLAGS & cpu_flags(cpuinfo) else "float32"
+
+
+def has_accelerator():
+    """Whether the backend sees a GPU (or TPU)."""
+    if keras.backend.backend() == "torch":  # keras.distribution has no torch implementation
+        import torch
+
+        return torch.cuda.is_available()
+    return any(not d.lower().startswith("cpu") and "cpu:" not in d.lower() for d in keras.distribution.list_devices())
 
 
 def cpu_flags(cpuinfo="/proc/cpuinfo"):
@@ -88,12 +97,14 @@ def build_model(recipe, input_shape, num_classes):
     return get_model(recipe["model"]["name"], input_shape=input_shape, num_classes=num_classes, **options)
 
 
-def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, backup_every=1, verbose="auto"):
+def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, backup_every=1, verbose="auto", backend_choice=None):
     """Train `recipe` (a resolved recipe dict) into `run_dir`; resume if it holds a backup.
 
     `data_threads` threads prepare batches ahead of the training step (each batch depends only on the
     seed, epoch and index, so results do not depend on it). The backup and the best checkpoint are
     written every `backup_every` epochs and at the end.
+
+    `backend_choice` (how the command chose the Keras backend) goes to results.json with the backend.
 
     Returns the results (None on the non-chief workers of a multi-worker run, which write nothing).
     """
@@ -104,7 +115,7 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, ba
             raise ValueError(f"{name} must be a whole number >= 1. Received: {name}={value!r}")
     dist = distribute.setup(strategy)  # first: multi-worker needs an untouched runtime
     start = _check_before_work(recipe, dist)
-    options = dict(start=start, data_threads=data_threads, backup_every=backup_every, verbose=verbose)
+    options = dict(start=start, data_threads=data_threads, backup_every=backup_every, verbose=verbose, backend_choice=backend_choice)
     if not dist.chief:  # a non-chief worker keeps no run folder: it follows the chief's
         initial_epoch = _chief_epoch(dist)
         worker_dir = tempfile.mkdtemp(prefix=f"zoo-worker{dist.worker}-")
@@ -179,7 +190,7 @@ def _train(recipe, run_dir, initial_epoch, dist, **options):
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_every, verbose):
+def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_every, verbose, backend_choice):
     epochs = recipe["training"]["epochs"]
     image_size = tuple(recipe["data"]["image_size"])
     data_cfg = recipe["data"]
@@ -282,7 +293,8 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
                 callbacks=callbacks,
                 verbose=verbose,
             )
-    return finish(run_dir, recipe, dataset, stopped_by_nan=nan_guard.stopped, start=start, change=change)
+    backend = {"used": keras.backend.backend(), **(backend_choice or {"requested": None, "why": "Python API: KERAS_BACKEND or Keras' default"})}
+    return finish(run_dir, recipe, dataset, stopped_by_nan=nan_guard.stopped, start=start, change=change, backend=backend)
 
 
 def _phases(epochs, frozen_epochs):
@@ -291,7 +303,7 @@ def _phases(epochs, frozen_epochs):
     return ([(0, frozen_epochs, True)] if frozen_epochs else []) + ([(frozen_epochs, epochs, False)] if frozen_epochs < epochs else [])
 
 
-def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=None):
+def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=None, backend=None):
     """Evaluate the best checkpoint on the test split once; write `results.json` and the plots."""
     from zoo import plots
 
@@ -333,6 +345,7 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=No
         "starting_weights": {**start.record(), "head": finetune.head_summary(start, change), "new_layers": change["new"]} if start else None,
         "params": model.count_params(),
         "precision": keras.config.dtype_policy().name,
+        "backend": backend or {"used": keras.backend.backend()},
         "hardware": hardware(),
         "versions": versions(),
     }

@@ -92,7 +92,7 @@ def grad_cam(model, image, class_index, layer_name=None):
 
     The gradient of the class score (the logit, or the probability for a softmax model) with respect
     to the chosen layer's activations weights its channels. Gradients need the backend's autodiff:
-    TensorFlow's GradientTape or `jax.grad`; other backends raise a VizError.
+    TensorFlow's GradientTape, `jax.grad` or torch's autograd; other backends raise a VizError.
     """
     layer_name = layer_name or grad_cam_layer(model)
     block_layers(model, [layer_name])
@@ -121,7 +121,13 @@ def _gradient(score, activations):
         import jax
 
         return np.asarray(jax.grad(score)(activations))
-    raise VizError(f"Grad-CAM needs gradients from the TensorFlow or JAX backend. Received: KERAS_BACKEND={backend!r}")
+    if backend == "torch":
+        import torch
+
+        a = torch.tensor(activations, requires_grad=True)  # Keras moves it to its device; the gradient flows back
+        score(a).backward()
+        return a.grad.detach().cpu().numpy()
+    raise VizError(f"Grad-CAM needs gradients from the TensorFlow, JAX or torch backend. Received: KERAS_BACKEND={backend!r}")
 
 
 def _resize(array, size):
