@@ -5,7 +5,8 @@
 For each model: images/s of one training step (batch 128, in-memory data, steady state) of
 - zoo's model under each installed Keras backend (`--backends`), with the recipe's optimizer and loss,
   in float32 and in the precision `precision = "auto"` picks on this machine;
-- the full `zoo train` path (augmenting `zoo.data.Batches` + `model.fit`) on the default backend;
+- the full `zoo train` path (the recipe's precision, augmenting `zoo.data.Batches` + `model.fit`) on
+  the first of `--backends`, which `--backend auto` picks on a CPU;
 - native PyTorch: the same layers (translated one by one from the Keras model, so the same network:
   the parameter counts are checked), channels_last, SGD with Nesterov momentum, in float32 and, where
   the CPU has bfloat16 instructions, under bfloat16 autocast.
@@ -38,7 +39,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline):
     from zoo.training import build_model, make_optimizer, resolve_precision
 
     recipe = recipes.load(f"{model_name}_cifar10")
-    keras.config.set_dtype_policy(resolve_precision(precision))
+    keras.config.set_dtype_policy(resolve_precision(recipe["training"]["precision"] if precision == "recipe" else precision))
     keras.utils.set_random_seed(0)
     model = build_model(recipe, (32, 32, 3), 10)
     model.compile(
@@ -183,7 +184,7 @@ def configurations(args, bf16_cpu):
             continue
         for precision in (["auto", "float32"] if bf16_cpu else ["float32"]):
             found.append((f"zoo Keras/{backend} {precision}", ["zoo", precision, "0"], {"KERAS_BACKEND": backend}))
-    found.append((f"zoo train path Keras/{args.backends[0]} auto", ["zoo", "auto", "1"], {"KERAS_BACKEND": args.backends[0]}))
+    found.append((f"zoo train (recipe, augmentation) Keras/{args.backends[0]}", ["zoo", "recipe", "1"], {"KERAS_BACKEND": args.backends[0]}))
     if installed("torch"):
         found.append(("PyTorch fp32 channels_last", ["torch", "0"], {}))
         if bf16_cpu:
@@ -191,8 +192,12 @@ def configurations(args, bf16_cpu):
     return found
 
 
+STEPS = {"lenet5": 100, "alexnet_lite": 20, "vgg11_bn": 10, "vgg16_bn": 6}  # a few seconds each on 2 cores
+
+
 def run_worker(model, spec, env, args):
-    command = [sys.executable, __file__, "--worker", model, *spec, "--batch", str(args.batch), "--steps", str(args.steps)]
+    steps = args.steps or STEPS.get(model, 10)
+    command = [sys.executable, __file__, "--worker", model, *spec, "--batch", str(args.batch), "--steps", str(steps)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env, "PYTHONPATH": ROOT}, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{model} {spec} failed: {done.stderr[-2000:]}")
@@ -205,20 +210,20 @@ def main():
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "torch"], help="Keras backends for zoo (jax is slow on CPU)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (after a warm-up pass)")
+    parser.add_argument("--steps", type=int, help="timed steps per measurement, after as many warm-up steps (default: by model, a few seconds)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the medians here")
     args = parser.parse_args()
     if args.worker:
         model, kind, *rest = args.worker
         if kind == "zoo":
-            result = zoo_step(model, rest[0], args.batch, args.steps, rest[1] == "1")
+            result = zoo_step(model, rest[0], args.batch, args.steps or STEPS.get(model, 10), rest[1] == "1")
         else:
-            result = torch_step(model, rest[0] == "1", args.batch, args.steps)
+            result = torch_step(model, rest[0] == "1", args.batch, args.steps or STEPS.get(model, 10))
         print(json.dumps(result))
         return
     cpu, bf16_cpu = cpu_description()
-    print(f"# {cpu}; batch {args.batch}, {args.steps} timed steps, {args.repeats} alternating repeats, median [min-max] images/s")
+    print(f"# {cpu}; batch {args.batch}, {args.repeats} alternating repeats, median [min-max] images/s")
     report = {"cpu": cpu, "batch": args.batch, "models": {}}
     for model in args.models:
         configs = configurations(args, bf16_cpu)

@@ -16,7 +16,6 @@ accelerator (XNNPACK), where a uint8 input or an int8 softmax would not. Needs T
 import json
 import os
 import pathlib
-import shutil
 import tempfile
 import warnings
 
@@ -26,7 +25,7 @@ import keras
 
 from zoo import mobile, web
 from zoo.evaluation import outputs_probabilities, probabilities
-from zoo.files import replace_folder, sha256
+from zoo.files import sha256, staged_folder
 from zoo.loading import find_labels, load_keras_file, load_model
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -319,18 +318,11 @@ def export_model(
         web.tasks_vision_folder()  # fetched (or its error) before any conversion
     metadata = {**default_metadata(model, class_names), **(metadata or {})}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        record = _export_into(
+    with staged_folder(out) as staging:
+        return _export_into(
             model, staging, formats, quantize, calibration, verification, verification_labels, class_names,
             enforce_bounds, save_keras, metadata,
         )
-        replace_folder(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return record
 
 
 def default_metadata(model, class_names):

@@ -43,6 +43,21 @@ def write_text_atomically(path, text):
     write_atomically(path, lambda tmp: pathlib.Path(tmp).write_text(text))
 
 
+@contextlib.contextmanager
+def staged_folder(out):
+    """A new temporary folder beside `out` to write into; when the block ends, it replaces `out`
+    (see `replace_folder`), or, if the block failed, it is removed and `out` stays as it was."""
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield staging
+        replace_folder(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def replace_folder(staging, out):
     """Replace `out` by `staging` (a `tempfile.mkdtemp` folder, made world-readable like any new
     folder), keeping the old folder until the new one is in place."""

@@ -22,7 +22,7 @@ from zoo import pretrained
 from zoo.data import is_single_folder, load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
 from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model, require_tensorflow_backend
-from zoo.files import BUNDLED, replace_folder, sha256
+from zoo.files import BUNDLED, sha256, staged_folder
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
 from zoo.models.base import count_macs, options_of
@@ -96,17 +96,11 @@ def release(
     train, test, class_names, test_source = _release_data(
         data_dir, tfds_data_dir, source, (height, width), channels, results["data"].get("split"),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         card = _release_into(
             staging, trained, options, name, tag, results, run_dir, (train, test, class_names),
             quantize, data_description or test_source,
         )
-        replace_folder(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     update_results_table()
     return {**card, "folder": str(out)}
 
@@ -218,16 +212,11 @@ def reexport(folder, *, data_dir=None, tfds_data_dir=None, source="cifar10", ove
     if class_names != card["data"]["classes"]:
         raise ValueError(f"The data's classes ({', '.join(class_names)}) are not the release's ({', '.join(card['data']['classes'])}).")
     quantize = list(json.loads((folder / "export.json").read_text())["variants"])
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    card.pop("folder")
+    with staged_folder(folder) as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.tflite", "export.json"))
-        card.pop("folder")
         card["int8"] = _export_tflite_files(staging, model, card, train, test, quantize)
         write_card(staging, card)
-        replace_folder(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     update_results_table()
     return {**card, "folder": str(folder)}
 

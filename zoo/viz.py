@@ -13,15 +13,13 @@ Arrays come from the functions; `report` draws them with matplotlib (Agg backend
 import html
 import pathlib
 import re
-import shutil
-import tempfile
 
 import numpy as np
 
 import keras
 
 from zoo.data import read_image
-from zoo.files import replace_folder
+from zoo.files import staged_folder
 from zoo.plots import pyplot
 
 BLOCK_NAME = re.compile(r"^(block\d+)_")
@@ -251,15 +249,9 @@ def report(model, out, *, image=None, image_name="image", class_names=None, laye
     names = block_layers(model, layer_names)  # errors before any drawing
     if image is not None:
         _batch(model, image)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         items = _draw(model, staging, image, class_names, names, top_k)
         (staging / "index.html").write_text(_html(model, items, image_name if image is not None else None))
-        replace_folder(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return items
 
 
