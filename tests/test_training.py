@@ -173,8 +173,8 @@ def test_a_run_that_failed_before_its_first_epoch_leaves_nothing_and_does_not_bl
     args = quick_args(small_cifar10, run_dir, epochs=1, limit=500)
     typo = [*args, "--data-dir", str(tmp_path / "typo"), "--set", "optimizer.learning_rate=0.5"]  # the last --data-dir wins
     assert main(typo) == 2
-    assert "Missing split folder" in capsys.readouterr().err
-    assert not run_dir.exists(), "a folder holding only recipe.toml is a leftover"
+    assert f"No such data folder: {tmp_path / 'typo'}" in capsys.readouterr().err
+    assert not run_dir.exists(), "nothing is made for a run that cannot start"
     run_dir.mkdir()  # as a kill -9 before the first backup leaves it: the recipe of that attempt only
     (run_dir / "recipe.toml").write_text(recipes.to_toml(recipes.load("lenet5_cifar10", ["optimizer.learning_rate=0.5"])))
     assert main(args) == 0

@@ -429,7 +429,7 @@ def build_parser():
     p = commands.add_parser("export", help="SavedModel + TFLite variants, each verified against the Keras model")
     _add_model_arguments(p)
     p.add_argument("--out", required=True, help="output folder, e.g. saved_models/lenet5_cifar10")
-    p.add_argument("--formats", default="saved_model,tflite", help="comma-separated: saved_model, tflite")
+    p.add_argument("--formats", default="saved_model,tflite", help="comma-separated: saved_model, tflite, web (a page classifying images in the browser)")
     p.add_argument("--quantize", default="float32,float16,dynamic,int8", help="comma-separated TFLite variants")
     p.add_argument("--calibration-data", help="image folders: train/ calibrates int8, test/ verifies every variant")
     p.add_argument("--calibration-images", type=_positive_int, default=300)

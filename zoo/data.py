@@ -244,6 +244,8 @@ def folder_class_names(data_dir):
 def class_folders(data_dir):
     """Class names of an image-folder tree (sorted folder names), checked across both splits."""
     root = pathlib.Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"No such data folder: {root} (expected {root}/<class>/*, or {root}/train/<class>/* and {root}/test/<class>/*).")
     names = {}
     for split in ("train", "test"):
         folder = root / split

@@ -391,7 +391,7 @@ def verify_mediapipe(path, images, interpreter_probabilities, class_names):
     sum to 1, and top-1 agreement with the LiteRT interpreter (`MEDIAPIPE_BOUNDS`)."""
     try:
         classifier = mobile.MediaPipeClassifier(path)
-    except mobile.MobileExtraMissing:
+    except mobile.MobileExtraMissing:  # a ValueError too, but an install problem, not a verdict on the file
         raise
     except ValueError as e:
         return {"loads": False, "error": str(e), "passed": False}, [str(e)]
