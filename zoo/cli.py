@@ -27,7 +27,7 @@ _STARTUP_NOISE = (
     "fully_quantize: ",
     "Estimated count of arithmetic ops",
 )
-_QUIET_COMMANDS = {"export", "release", "viz", "predict", "bench"}  # short commands: their stderr is replayed when they end
+_QUIET_COMMANDS = {"export", "release", "viz", "predict", "bench", "info"}  # short commands: their stderr is replayed when they end
 
 
 @contextlib.contextmanager
@@ -113,7 +113,10 @@ def cmd_info(args):
     from zoo.models import model_info
 
     if args.model.endswith(".tflite"):
-        return _tflite_info(args.model)
+        from zoo import mobile
+
+        print("\n".join(mobile.describe(args.model)))
+        return
     info = model_info(args.model)
     model = info.builder()
     print(f"{info.name}: {info.reference}")
@@ -122,34 +125,6 @@ def cmd_info(args):
     print(f"released weights: {_released(info, details=True) or 'none'} (zoo list --pretrained)\n")
     rows = [(layer.name, type(layer).__name__, str(tuple(layer.output.shape[1:])), f"{layer.count_params():,}") for layer in model.layers]
     print(_table(rows, ("layer", "type", "output shape", "params")))
-
-
-def _tflite_info(path):
-    """What an app sees of a .tflite file: its metadata, tensors and labels."""
-    from zoo import mobile
-    from zoo.export import TFLiteModel
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such TFLite file: {path}")
-    spec = TFLiteModel(path).spec()
-    metadata = mobile.read_metadata(path)
-    print(f"{path}: {os.path.getsize(path):,} bytes")
-    for side in ("input", "output"):
-        tensor = spec[side]
-        quantization = f", quantized (scale {tensor['quantization']['scale']:.6g}, zero point {tensor['quantization']['zero_point']})" if tensor["quantization"] else ""
-        print(f"{side:<7} {tensor['name']}: {tensor['dtype']} {tensor['shape']}{quantization}")
-    if metadata is None:
-        print("metadata: none (MediaPipe Tasks needs it; zoo export writes it)")
-        return
-    print(f"metadata (min parser version {metadata['min_parser_version']}):")
-    for key in ("name", "description", "version", "author", "license"):
-        print(f"  {key:<12} {metadata[key] or '-'}")
-    image, output = metadata["input"], metadata["output"]
-    normalization = image["normalization"] or {}
-    print(f"  input        {image['color_space']} image, normalization mean {normalization.get('mean')} std {normalization.get('std')}, "
-          f"range {image['stats'] and [image['stats']['min'][0], image['stats']['max'][0]]}")
-    labels = metadata["labels"] or []
-    print(f"  output       {output['name']}, {len(labels)} labels in {output['label_file']}: {', '.join(labels[:10])}{', ...' if len(labels) > 10 else ''}")
 
 
 def _positive_int(text):

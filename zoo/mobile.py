@@ -169,6 +169,31 @@ def read_metadata(path):
     }
 
 
+def describe(path):
+    """What an app sees of a .tflite file, as lines of text: its tensors, metadata and labels (`zoo info`)."""
+    from zoo.export import TFLiteModel
+
+    if not pathlib.Path(path).is_file():
+        raise FileNotFoundError(f"No such TFLite file: {path}")
+    spec, metadata = TFLiteModel(path).spec(), read_metadata(path)
+    lines = [f"{path}: {pathlib.Path(path).stat().st_size:,} bytes"]
+    for side in ("input", "output"):
+        tensor, quantization = spec[side], spec[side]["quantization"]
+        quantized = f", quantized (scale {quantization['scale']:.6g}, zero point {quantization['zero_point']})" if quantization else ""
+        lines.append(f"{side:<7} {tensor['name']}: {tensor['dtype']} {tensor['shape']}{quantized}")
+    if metadata is None:
+        return lines + ["metadata: none (MediaPipe Tasks needs it; zoo export writes it)"]
+    lines.append(f"metadata (min parser version {metadata['min_parser_version']}):")
+    lines += [f"  {key:<12} {metadata[key] or '-'}" for key in ("name", "description", "version", "author", "license")]
+    image, output, labels = metadata["input"], metadata["output"], metadata["labels"] or []
+    normalization, stats = image["normalization"] or {}, image["stats"]
+    value_range = [stats["min"][0], stats["max"][0]] if stats else None
+    lines.append(f"  input        {image['color_space']} image, normalization mean {normalization.get('mean')} std {normalization.get('std')}, range {value_range}")
+    shown = ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else "")
+    lines.append(f"  output       {output['name']}, {len(labels)} labels in {output['label_file']}: {shown}")
+    return lines
+
+
 def packed_labels(path):
     """The labels file packed in a .tflite file by `add_metadata` (None if it has none); needs no mediapipe."""
     if not zipfile.is_zipfile(path):
