@@ -111,7 +111,7 @@ def test_a_frozen_backbone_does_not_move_and_then_learns_at_its_scaled_rate():
     assert not np.any(tuned["block2_bn1"][0]), "batch norm stays frozen"
 
 
-def test_a_finetuned_run_exports_and_predicts_with_its_own_class_names(finetuned_and_scratch, photos, tmp_path, capsys):
+def test_a_finetuned_run_exports_predicts_and_draws_with_its_own_class_names(finetuned_and_scratch, photos, tmp_path, capsys, monkeypatch):
     run = finetuned_and_scratch[0]
     assert main(["eval", str(run), "--data-dir", str(photos), "--tta-flip", "--json"]) == 0  # as the recipe measured it
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(json.loads((run / "results.json").read_text())["test_accuracy"])
@@ -126,6 +126,12 @@ def test_a_finetuned_run_exports_and_predicts_with_its_own_class_names(finetuned
     ship = next((photos / "test" / "floats").iterdir())
     assert main(["predict", str(out / "model_int8.tflite"), str(ship), "--top", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] == "floats"
+    from zoo import viz
+
+    drawn, real = [], viz.plot_grad_cam
+    monkeypatch.setattr(viz, "plot_grad_cam", lambda image, cams, path: (drawn.extend(c[0] for c in cams), real(image, cams, path)))
+    assert main(["viz", str(run), "--image", str(ship), "--top-k", "1", "--out", str(tmp_path / "viz")]) == 0
+    assert drawn == ["floats"]  # Grad-CAM titled with the run's own class
 
 
 def test_a_finetuned_run_is_released_with_its_starting_weights(finetuned_and_scratch, photos, tmp_path, monkeypatch, capsys):
