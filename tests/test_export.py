@@ -147,10 +147,10 @@ def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, ca
 
     real = export._convert
 
-    def crash_on_int8(saved_model, path, quantize, representative_data):  # after the float32 file was written
+    def crash_on_int8(saved_model, quantize, representative_data):  # after the float32 file was written
         if quantize == "int8":
             raise RuntimeError("simulated crash mid-export")
-        return real(saved_model, path, quantize, representative_data)
+        return real(saved_model, quantize, representative_data)
 
     monkeypatch.setattr(export, "_convert", crash_on_int8)
     with pytest.raises(RuntimeError, match="simulated crash"):

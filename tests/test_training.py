@@ -148,6 +148,22 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(trained_run, sma
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 1 and not previous.exists()
 
 
+def test_a_failed_start_in_a_folder_of_the_users_keeps_the_users_files(small_cifar10, tmp_path, monkeypatch):
+    from zoo import training
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("failed before the first epoch")
+
+    monkeypatch.setattr(training, "_fit", crash)
+    with pytest.raises(RuntimeError, match="failed before the first epoch"):
+        main(quick_args(small_cifar10, out, epochs=1, limit=200))
+    assert [p.name for p in out.iterdir()] == ["notes.txt"], "only what training wrote is removed"
+
+
 def test_a_run_folder_of_another_recipe_is_not_resumed(small_cifar10, tmp_path, capsys):
     run_dir = tmp_path / "run"
     (run_dir / "backup").mkdir(parents=True)

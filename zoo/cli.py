@@ -92,9 +92,11 @@ def _released(info, details=False):
         if card["params"] == info.params:
             tags.append(tag)
             continue
-        default = options_of(info.builder())
-        changed = [f"{k}={v}" for k, v in card["options"].items() if default.get(k) != v]
-        tags.append(f"{tag} ({card['params']:,} params{', with ' + ', '.join(changed) if details and changed else ''})")
+        changed = []
+        if details:
+            default = options_of(info.builder())
+            changed = [f"{k}={v}" for k, v in card["options"].items() if default.get(k) != v]
+        tags.append(f"{tag} ({card['params']:,} params{', with ' + ', '.join(changed) if changed else ''})")
     return ", ".join(tags)
 
 

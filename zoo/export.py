@@ -135,11 +135,13 @@ def to_tflite(model, path, *, quantize="float32", representative_data=None):
     with tempfile.TemporaryDirectory() as tmp:
         saved_model = os.path.join(tmp, "saved_model")
         _tflite_saved_model(model, saved_model)
-        return _convert(saved_model, path, quantize, representative_data)
+        content = _convert(saved_model, quantize, representative_data)
+    pathlib.Path(path).write_bytes(content)
+    return content
 
 
-def _convert(saved_model, path, quantize, representative_data):
-    """Run the TFLite converter on a SavedModel from `_tflite_saved_model` and write `path`."""
+def _convert(saved_model, quantize, representative_data):
+    """Run the TFLite converter on a SavedModel from `_tflite_saved_model`; returns the file's bytes."""
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model)
@@ -157,7 +159,6 @@ def _convert(saved_model, path, quantize, representative_data):
         raise ExportError(
             f"TFLite conversion ({quantize}) failed; the model may use ops outside the TFLite built-ins: {e}"
         ) from None
-    pathlib.Path(path).write_bytes(content)
     return content
 
 
@@ -371,7 +372,7 @@ def _export_tflite(model, folder, variants, quantize, calibration, verification,
         _tflite_saved_model(model, saved_model)
         for variant in quantize:
             path = folder / f"model_{variant}.tflite"
-            content = _convert(saved_model, os.path.join(tmp, path.name), variant, calibration)
+            content = _convert(saved_model, variant, calibration)
             path.write_bytes(mobile.add_metadata(content, class_names=class_names, **metadata))
             tflite = TFLiteModel(path)
             entry = {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256(path), **tflite.spec()}

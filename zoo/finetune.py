@@ -20,7 +20,6 @@ from zoo.files import sha256
 from zoo.loading import find_labels, load_keras_file
 from zoo.models import get_model, model_info
 
-NONE = "none"
 HEAD = "flatten"  # the first layer of zoo.blocks.classifier_head: everything before it is the backbone
 
 
@@ -44,7 +43,7 @@ def resolve(model_name, weights, options):
     """The `StartingWeights` of a recipe's `[model] weights` for the model `model_name` built with the
     recipe's weight-shaping `options` (batch_norm, fc_units), or None for "none". A ValueError names
     a tag without releases, a missing file, or weights of another architecture."""
-    if weights == NONE:
+    if weights == pretrained.NONE:
         return None
     path = pathlib.Path(weights).expanduser()
     if pretrained.is_tag(weights):
@@ -62,7 +61,7 @@ def resolve(model_name, weights, options):
     if not path.is_file():
         raise ValueError(
             f"[model] weights must be a released tag ({', '.join(model_info(model_name).weights) or f'none for {model_name}'}), "
-            f"a .weights.h5 or .keras file, a run folder, or {NONE!r}. No such file or folder: {weights!r}"
+            f"a .weights.h5 or .keras file, a run folder, or {pretrained.NONE!r}. No such file or folder: {weights!r}"
         )
     if path.name.endswith(".keras"):
         return _checked(StartingWeights(weights, "model file", path, sha256(path), load_keras_file(path), find_labels(path)), model_name)

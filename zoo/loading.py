@@ -10,8 +10,6 @@ import keras
 from zoo import pretrained
 from zoo.models import get_model, model_info
 
-RANDOM_WEIGHTS = "none"  # what a user passes to mean a random initialisation, as keras.applications' weights=None
-
 
 def load_model(source, weights=None):
     """`(model, class names or None)` for `source`: a run folder, a `.keras` file, or a registered
@@ -35,10 +33,10 @@ def load_model(source, weights=None):
         raise ValueError(
             f"'{source}' is a model name: say which weights with --weights: "
             + (f"a released tag ({released}), " if released else "")
-            + f"a .weights.h5 or .keras file, or {RANDOM_WEIGHTS} for untrained random weights."
+            + f"a .weights.h5 or .keras file, or {pretrained.NONE} for untrained random weights."
         )
-    model = get_model(source, weights=None if weights == RANDOM_WEIGHTS else weights)
-    return model, pretrained.card(source, weights)["data"]["classes"] if pretrained.is_tag(weights) and weights != RANDOM_WEIGHTS else None
+    model = get_model(source, weights=None if weights == pretrained.NONE else weights)
+    return model, pretrained.card(source, weights)["data"]["classes"] if pretrained.is_tag(weights) else None
 
 
 def run_results(source):

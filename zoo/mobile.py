@@ -69,29 +69,30 @@ def add_metadata(model_bytes, *, class_names, name, description="", version="", 
     if int(output_tensor.shape[-1]) != len(class_names):
         raise ValueError(f"{len(class_names)} class names for a model with {int(output_tensor.shape[-1])} outputs.")
 
-    image = metadata_fb.TensorMetadataT()
-    image.name = "image"
-    image.description = f"RGB image, raw pixel values in [{value_range[0]}, {value_range[1]}] (the model rescales them)."
-    image.content = metadata_fb.ContentT()
-    image.content.contentPropertiesType = metadata_fb.ContentProperties.ImageProperties
-    image.content.contentProperties = metadata_fb.ImagePropertiesT()
-    image.content.contentProperties.colorSpace = metadata_fb.ColorSpaceType.RGB
+    def tensor(name, description, kind, properties, low, high):
+        t = metadata_fb.TensorMetadataT()
+        t.name, t.description = name, description
+        t.content = metadata_fb.ContentT()
+        t.content.contentPropertiesType, t.content.contentProperties = kind, properties
+        t.stats = metadata_fb.StatsT()
+        t.stats.min, t.stats.max = [float(low)], [float(high)]
+        return t
+
+    rgb = metadata_fb.ImagePropertiesT()
+    rgb.colorSpace = metadata_fb.ColorSpaceType.RGB
+    image = tensor(
+        "image", f"RGB image, raw pixel values in [{value_range[0]}, {value_range[1]}] (the model rescales them).",
+        metadata_fb.ContentProperties.ImageProperties, rgb, *value_range,
+    )
     normalization = metadata_fb.ProcessUnitT()
     normalization.optionsType = metadata_fb.ProcessUnitOptions.NormalizationOptions
     normalization.options = metadata_fb.NormalizationOptionsT()
     normalization.options.mean, normalization.options.std = [0.0], [1.0]  # (pixel - 0) / 1: raw pixels
     image.processUnits = [normalization]
-    image.stats = metadata_fb.StatsT()
-    image.stats.min, image.stats.max = [float(value_range[0])], [float(value_range[1])]
-
-    probabilities = metadata_fb.TensorMetadataT()
-    probabilities.name = "probabilities"
-    probabilities.description = f"Probabilities of the {len(class_names)} classes (softmax; they sum to 1)."
-    probabilities.content = metadata_fb.ContentT()
-    probabilities.content.contentPropertiesType = metadata_fb.ContentProperties.FeatureProperties
-    probabilities.content.contentProperties = metadata_fb.FeaturePropertiesT()
-    probabilities.stats = metadata_fb.StatsT()
-    probabilities.stats.min, probabilities.stats.max = [0.0], [1.0]
+    probabilities = tensor(
+        "probabilities", f"Probabilities of the {len(class_names)} classes (softmax; they sum to 1).",
+        metadata_fb.ContentProperties.FeatureProperties, metadata_fb.FeaturePropertiesT(), 0, 1,
+    )
     labels = metadata_fb.AssociatedFileT()
     labels.name = LABELS_FILE
     labels.description = "Class names, one per line, in the order of the output."
@@ -139,10 +140,6 @@ def read_metadata(path):
     image, output = subgraph.inputTensorMetadata[0], subgraph.outputTensorMetadata[0]
     normalization = next((u.options for u in image.processUnits or [] if u.optionsType == metadata_fb.ProcessUnitOptions.NormalizationOptions), None)
     label_file = next((f.name.decode() for f in output.associatedFiles or [] if f.type == metadata_fb.AssociatedFileType.TENSOR_AXIS_LABELS), None)
-    packed = {}
-    if zipfile.is_zipfile(io.BytesIO(content)):
-        with zipfile.ZipFile(io.BytesIO(content)) as archive:
-            packed = {n: archive.read(n).decode() for n in archive.namelist()}
 
     def text(value):
         return value.decode() if isinstance(value, bytes) else value
@@ -165,7 +162,7 @@ def read_metadata(path):
             "stats": stats(image),
         },
         "output": {"name": text(output.name), "stats": stats(output), "label_file": label_file},
-        "labels": packed[label_file].splitlines() if label_file in packed else None,
+        "labels": packed_labels(path, label_file) if label_file else None,
     }
 
 
@@ -194,12 +191,13 @@ def describe(path):
     return lines
 
 
-def packed_labels(path):
-    """The labels file packed in a .tflite file by `add_metadata` (None if it has none); needs no mediapipe."""
+def packed_labels(path, name=LABELS_FILE):
+    """The labels file `name` packed in a .tflite file (a zip archive at its end, as `add_metadata`
+    writes it; None if it has none). Needs no mediapipe."""
     if not zipfile.is_zipfile(path):
         return None
     with zipfile.ZipFile(path) as archive:
-        return archive.read(LABELS_FILE).decode().splitlines() if LABELS_FILE in archive.namelist() else None
+        return archive.read(name).decode().splitlines() if name in archive.namelist() else None
 
 
 class MediaPipeClassifier:

@@ -16,6 +16,7 @@ from zoo.files import sha256, shipped_folder
 SAVED_MODELS_DIR = shipped_folder("saved_models")
 CARD = "model_card.json"
 TAG = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a weights tag such as "cifar10"; anything else is a path
+NONE = "none"  # what commands and recipes take for random weights (keras.applications' weights=None)
 # Options that only shape the classifier head: free to differ when the head is not built.
 HEAD_OPTIONS = ("num_classes", "fc_units", "dropout")
 # Options without weights of their own: the caller's value wins (e.g. more dropout for fine-tuning).
@@ -23,8 +24,8 @@ FREE_OPTIONS = ("dropout",)
 
 
 def is_tag(weights):
-    """Whether a `weights` argument names released weights (a tag such as "cifar10"), not a file."""
-    return isinstance(weights, str) and bool(TAG.fullmatch(weights)) and not os.path.exists(weights)
+    """Whether a `weights` argument names released weights (a tag such as "cifar10"), not a file or "none"."""
+    return isinstance(weights, str) and weights != NONE and bool(TAG.fullmatch(weights)) and not os.path.exists(weights)
 
 
 def saved_models_dir():
@@ -114,43 +115,42 @@ def _plain(value):
 
 def results_table():
     """A Markdown table of every release, generated from the model cards (timm's results CSV, as Markdown)."""
-    header = (
-        "| model | weights | params | MACs | test top-1 | + flip TTA | int8 top-1 | int8 size | epochs | train time | hardware |\n"
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n"
-    )
     rows = []
     for (model, tag), c in cards().items():
         training, accuracy, int8 = c["training"], c["accuracy"], c["int8"]
-        cells = [
+        rows.append([
             model, tag, f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M",
             _pct(accuracy["test_top1"]), _pct(accuracy.get("test_top1_flip_tta")),
             _pct(int8["test_top1"]), f"{int8['bytes'] / 2**20:.2f} MiB",
             str(training["epochs"]), f"{training['train_seconds'] / 60:.1f} min", training["hardware_summary"],
-        ]
-        rows.append("| " + " | ".join(cells) + " |")
-    return header + "\n".join(rows) + "\n"
+        ])
+    columns = ["model", "weights", "params:", "MACs:", "test top-1:", "+ flip TTA:", "int8 top-1:", "int8 size:", "epochs:", "train time:", "hardware"]
+    return _markdown(columns, rows)
 
 
 def deploy_table():
     """A Markdown table of every released TFLite file, from the releases' `export.json`: what an app gets."""
-    header = (
-        "| model | variant | size | latency, 1 thread | fully delegated (LiteRT CPU) | MediaPipe | test top-1 | agreement with Keras |\n"
-        "| --- | --- | ---: | ---: | --- | --- | ---: | ---: |\n"
-    )
     rows = []
     for (model, tag), c in cards().items():
         record = json.loads((pathlib.Path(c["folder"]) / "export.json").read_text())
         for variant, entry in record["variants"].items():
             litert, mediapipe, check = entry.get("litert_cpu", {}), entry.get("mediapipe", {}), entry["verification"]
-            cells = [
+            rows.append([
                 f"{model} ({tag})", variant, f"{entry['bytes'] / 2**20:.2f} MiB",
                 f"{litert['median_ms']:.2f} ms" if litert else "-",
                 {True: "yes", False: "no"}.get(litert.get("fully_accelerated"), "-"),
                 {True: "yes", False: "no"}.get(mediapipe.get("passed"), "-"),
                 _pct(check["accuracy"]), _pct(check["agreement"]),
-            ]
-            rows.append("| " + " | ".join(cells) + " |")
-    return header + "\n".join(rows) + "\n"
+            ])
+    columns = ["model", "variant", "size:", "latency, 1 thread:", "fully delegated (LiteRT CPU)", "MediaPipe", "test top-1:", "agreement with Keras:"]
+    return _markdown(columns, rows)
+
+
+def _markdown(columns, rows):
+    """A Markdown table; a column name ending in ":" is right-aligned (the colon is not shown)."""
+    header = "| " + " | ".join(c.rstrip(":") for c in columns) + " |\n"
+    rule = "| " + " | ".join("---:" if c.endswith(":") else "---" for c in columns) + " |\n"
+    return header + rule + "".join("| " + " | ".join(row) + " |\n" for row in rows)
 
 
 def _pct(value):

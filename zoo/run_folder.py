@@ -77,13 +77,23 @@ def previous_run(run_dir):
     return run_dir.with_name(f".{run_dir.name}-previous")
 
 
+WRITTEN = ("recipe.toml", STATE, "history.csv", "logs", "plots", BACKUP)  # what training writes before a checkpoint
+
+
 def drop_if_empty(run_dir):
-    """After a failure: remove a run folder that holds no checkpoint (it failed before its first good
-    epoch, e.g. on bad data or a NaN loss), and put back the finished run it was replacing."""
+    """After a failure: a run folder that holds no checkpoint (it failed before its first good epoch,
+    e.g. on bad data or a NaN loss) loses what training wrote, and the folder itself if nothing else
+    is left in it (a user's own files stay); a finished run it was replacing is put back."""
     if (run_dir / "model.keras").exists() or (run_dir / "results.json").exists():
         return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    if previous_run(run_dir).exists():
+    for name in WRITTEN:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        else:
+            (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: it holds files of the user's
+        run_dir.rmdir()
+    if previous_run(run_dir).exists() and not run_dir.exists():
         os.replace(previous_run(run_dir), run_dir)
         print(f"the previous run is back in {run_dir}", flush=True)
 
