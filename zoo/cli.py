@@ -160,6 +160,7 @@ def cmd_train(args):
         train(
             recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads,
             backup_every=args.backup_every, backend_choice={"requested": args.backend, "why": args.backend_why},
+            augment_on=args.augment_on,
         )
     except TrainingDiverged as e:
         raise CommandFailed(e) from None
@@ -386,6 +387,11 @@ def build_parser():
         help="the Keras backend (default auto: KERAS_BACKEND if set, else JAX with an NVIDIA GPU, else TensorFlow); results.json records it",
     )
     p.add_argument("--data-threads", type=_positive_int, default=1, help="threads preparing batches ahead (results do not depend on it; default: 1)")
+    p.add_argument(
+        "--augment-on", default="auto", choices=("auto", "host", "device"),
+        help="where batches are augmented: the host (NumPy) or the device, which holds the training set "
+        "(default auto: the device with a GPU under JAX or torch); the images are the same either way",
+    )
     p.add_argument(
         "--backup-every", type=_positive_int, default=1, metavar="N",
         help="write the backup and the best checkpoint every N epochs: fewer writes for epochs of seconds, "

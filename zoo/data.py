@@ -1,4 +1,4 @@
-"""Data sources (tensorflow-datasets, image folders) -> uint8 arrays in memory; batch augmentation.
+"""Data sources (tensorflow-datasets, image folders) -> uint8 arrays in memory; shuffled, augmented batches.
 
 Nothing here needs TensorFlow except the tfds source: training also runs under the JAX backend.
 Images stay raw uint8 RGB (0-255); scaling lives inside the models.
@@ -17,6 +17,8 @@ import numpy as np
 
 import keras
 
+from zoo import augment as augmentations
+from zoo.augment import augment  # noqa: F401 - zoo.data.augment, as before zoo.augment existed
 from zoo.files import write_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -345,47 +347,6 @@ def read_image(path, image_size, channels=3):
     return np.asarray(image, "uint8").reshape(*image_size, channels)
 
 
-def augment(images, rng, *, crop_padding=4, flip=True, cutout=0):
-    """Randomly augment a uint8 batch [N, H, W, C], each image with its own draw, vectorised.
-
-    crop_padding: zero-pad by this many pixels, then crop back at a random offset (0: off).
-    flip: flip half of the images horizontally.
-    cutout: side of a square zeroed at a random centre (DeVries & Taylor 2017; 0: off).
-    """
-    if crop_padding < 0 or cutout < 0:
-        raise ValueError(f"crop_padding and cutout must be >= 0 (0: off). Received: crop_padding={crop_padding!r}, cutout={cutout!r}")
-    n, h, w, _ = images.shape
-    out = images
-    if crop_padding:
-        # A crop of the zero-padded image is the image shifted by (dy, dx) in [-p, p] with zero fill.
-        # Shift rows, then columns, with one vectorised copy per offset value (no padded copy).
-        p = min(crop_padding, h - 1, w - 1)
-        offsets = rng.integers(-p, p + 1, size=(2, n))
-        for axis in (1, 2):
-            shifted = np.zeros_like(out)
-            size = out.shape[axis]
-            for offset in range(-p, p + 1):
-                chosen = np.flatnonzero(offsets[axis - 1] == offset)
-                if chosen.size:
-                    target = [chosen, slice(None), slice(None)]
-                    source = [chosen, slice(None), slice(None)]
-                    target[axis] = slice(max(0, -offset), size - max(0, offset))
-                    source[axis] = slice(max(0, offset), size + min(0, offset))
-                    shifted[tuple(target)] = out[tuple(source)]
-            out = shifted
-    if flip:
-        flipped = np.flatnonzero(rng.random(n) < 0.5)
-        out = out.copy() if out is images else out
-        out[flipped] = out[flipped, :, ::-1]
-    if cutout:
-        top = rng.integers(-(cutout // 2), h - cutout // 2, size=n)
-        left = rng.integers(-(cutout // 2), w - cutout // 2, size=n)
-        out = out.copy() if out is images else out
-        for image, y, x in zip(out, top, left):  # a slice per image: faster than any mask here
-            image[max(y, 0) : y + cutout, max(x, 0) : x + cutout] = 0
-    return out
-
-
 def one_hot(labels, num_classes):
     return np.eye(num_classes, dtype="float32")[labels]
 
@@ -401,9 +362,13 @@ class Batches(keras.utils.PyDataset):
     the batches an uninterrupted run would have seen, and `threads` > 1 (that many batches
     prepared ahead, in threads) changes nothing but speed. Training pins the epoch with
     `set_epoch` (see `EpochSync`): Keras calls `on_epoch_end` once more before the first epoch.
+
+    `on_device=True` copies the uint8 images to the backend's device once and returns each batch as
+    a device tensor, gathered and augmented there (`zoo.augment.apply_on_device`): the same pixels
+    as on the host, without a host copy per batch (what keeps a fast GPU busy).
     """
 
-    def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, shard=None, threads=1):
+    def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, shard=None, threads=1, on_device=False):
         super().__init__()  # Keras' own worker threads would mix up epochs; prefetching is done here
         self.split, self.batch_size, self.seed, self.one_hot = split, batch_size, seed, one_hot
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -412,7 +377,10 @@ class Batches(keras.utils.PyDataset):
             raise ValueError(f"A shard is (index, count) with count dividing the batch size {batch_size}. Received: shard={shard!r}")
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a whole number >= 1. Received: threads={threads!r}")
-        self.shard, self.augmentation, self.threads = shard, augmentation, threads
+        if augmentation:
+            augmentations.check(augmentation.get("crop_padding", 0), augmentation.get("cutout", 0))
+        self.shard, self.augmentation, self.threads = shard, augmentation, 1 if on_device else threads
+        self._device_images = keras.ops.convert_to_tensor(split.images) if on_device else None
         self._pool, self._ahead = None, {}  # threads, and (epoch, index) -> future, once used
         self.set_epoch(epoch)
 
@@ -448,9 +416,16 @@ class Batches(keras.utils.PyDataset):
             part, parts = self.shard
             chosen = chosen[part * len(chosen) // parts : (part + 1) * len(chosen) // parts]
             stream.append(part)
-        images = self.split.images[chosen]
-        if self.augmentation is not None:
-            images = augment(images, np.random.default_rng(stream), **self.augmentation)
+        if self._device_images is None:
+            images = self.split.images[chosen]
+            if self.augmentation is not None:
+                images = augment(images, np.random.default_rng(stream), **self.augmentation)
+        else:
+            images = keras.ops.take(self._device_images, chosen, axis=0)
+            if self.augmentation is not None:
+                _, h, w, _ = self.split.images.shape
+                draw = augmentations.draw(len(chosen), h, w, np.random.default_rng(stream), **self.augmentation)
+                images = augmentations.apply_on_device(images, draw)
         labels = self.split.labels[chosen]
         return images, labels if self.one_hot is None else one_hot(labels, self.one_hot)
 

@@ -97,12 +97,21 @@ def build_model(recipe, input_shape, num_classes):
     return get_model(recipe["model"]["name"], input_shape=input_shape, num_classes=num_classes, **options)
 
 
-def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, backup_every=1, verbose="auto", backend_choice=None):
+AUGMENT_ON = ("auto", "host", "device")
+
+
+def train(
+    recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, backup_every=1, verbose="auto", backend_choice=None,
+    augment_on="auto",
+):
     """Train `recipe` (a resolved recipe dict) into `run_dir`; resume if it holds a backup.
 
     `data_threads` threads prepare batches ahead of the training step (each batch depends only on the
     seed, epoch and index, so results do not depend on it). The backup and the best checkpoint are
-    written every `backup_every` epochs and at the end.
+    written every `backup_every` epochs and at the end. `augment_on` is where batches are gathered and
+    augmented: "host" (NumPy), "device" (the training set lives on the accelerator, see `zoo.augment`) or
+    "auto" (the device where there is an accelerator and the backend is JAX or torch, whose `fit` takes
+    device tensors as they are). The pixels are the same either way: only the speed differs.
 
     `backend_choice` (how the command chose the Keras backend) goes to results.json with the backend.
 
@@ -113,9 +122,13 @@ def train(recipe, run_dir, *, overwrite=False, strategy=None, data_threads=1, ba
     for name, value in (("data_threads", data_threads), ("backup_every", backup_every)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1. Received: {name}={value!r}")
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on must be one of {', '.join(AUGMENT_ON)}. Received: augment_on={augment_on!r}")
+    if augment_on == "device" and strategy is not None:
+        raise ValueError(f"augment_on='device' works on one device; with strategy={strategy!r} batches are augmented on the host.")
     dist = distribute.setup(strategy)  # first: multi-worker needs an untouched runtime
     start = _check_before_work(recipe, dist)
-    options = dict(start=start, data_threads=data_threads, backup_every=backup_every, verbose=verbose, backend_choice=backend_choice)
+    options = dict(start=start, data_threads=data_threads, backup_every=backup_every, verbose=verbose, backend_choice=backend_choice, augment_on=augment_on)
     if not dist.chief:  # a non-chief worker keeps no run folder: it follows the chief's
         initial_epoch = _chief_epoch(dist)
         worker_dir = tempfile.mkdtemp(prefix=f"zoo-worker{dist.worker}-")
@@ -190,7 +203,7 @@ def _train(recipe, run_dir, initial_epoch, dist, **options):
         keras.config.set_dtype_policy(previous_policy)
 
 
-def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_every, verbose, backend_choice):
+def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_every, verbose, backend_choice, augment_on):
     epochs = recipe["training"]["epochs"]
     image_size = tuple(recipe["data"]["image_size"])
     data_cfg = recipe["data"]
@@ -208,11 +221,15 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     _check_classes(recipe, dataset.class_names, dataset.source)
     num_classes = len(dataset.class_names)
 
+    on_device = augment_on == "device" or (
+        augment_on == "auto" and dist.strategy is None and keras.backend.backend() != "tensorflow" and has_accelerator()
+    )
+
     def batches(shard=None):
         return Batches(
             dataset.train, data_cfg["batch_size"] * dist.replicas, seed=recipe["training"]["seed"],
             augmentation=recipe["augment"], epoch=initial_epoch, one_hot=num_classes,  # one-hot for label smoothing
-            shard=shard, threads=data_threads,
+            shard=shard, threads=data_threads, on_device=on_device,
         )
 
     train_batches = batches((0, dist.replicas) if dist.strategy else None)
@@ -247,7 +264,8 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         print(
             f"{recipe['model']['name']} ({model.count_params():,} params, {keras.config.dtype_policy().name}{started}) on "
             f"{dataset.source}{how}: {len(dataset.train):,} train / {len(dataset.val):,} validation / {len(dataset.test):,} "
-            f"test images; {epochs} epoch{'s' if epochs > 1 else ''} of {len(train_batches)} steps{frozen} -> {run_dir}",
+            f"test images{' (augmented on the device)' if on_device else ''}; {epochs} epoch{'s' if epochs > 1 else ''} of "
+            f"{len(train_batches)} steps{frozen} -> {run_dir}",
             flush=True,
         )
     nan_guard = StopOnNaN()
