@@ -36,7 +36,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline):
     import keras
     from zoo import recipe as recipes
     from zoo.data import Batches, Split, one_hot
-    from zoo.training import build_model, make_optimizer, resolve_precision
+    from zoo.training import build_model, has_accelerator, make_optimizer, resolve_precision
 
     recipe = recipes.load(f"{model_name}_cifar10")
     keras.config.set_dtype_policy(resolve_precision(recipe["training"]["precision"] if precision == "recipe" else precision))
@@ -50,7 +50,8 @@ def zoo_step(model_name, precision, batch, steps, pipeline):
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (batch * steps, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, batch * steps).astype("int32"))
     if pipeline:
-        data = Batches(split, batch, seed=0, augmentation=recipe["augment"], one_hot=10)
+        on_device = has_accelerator() and keras.backend.backend() != "tensorflow"  # as zoo train's --augment-on auto
+        data = Batches(split, batch, seed=0, augmentation=recipe["augment"], one_hot=10, on_device=on_device)
         fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0)  # noqa: E731 - as zoo.training does
     else:
         labels = one_hot(split.labels, 10)
@@ -108,38 +109,43 @@ def torch_network(keras_model):
     return nn.Sequential(*modules)
 
 
-def torch_step(model_name, bf16, batch, steps):
-    """Images/s of the same network's training step in native PyTorch, channels_last."""
+def torch_step(model_name, bf16, batch, steps, compiled=False):
+    """Images/s of the same network's training step in native PyTorch, channels_last, on the GPU if there is one."""
     os.environ["KERAS_BACKEND"] = "torch"  # only to read the architecture; the step is plain torch
     import torch
 
     import zoo
 
     torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     keras_model = zoo.get_model(model_name, **_recipe_options(model_name))
-    net = torch_network(keras_model).to(memory_format=torch.channels_last)
+    net = torch_network(keras_model).to(device, memory_format=torch.channels_last)
     params = sum(p.numel() for p in net.parameters())
     assert params == keras_model.count_params() - sum(_keras_only(keras_model)), (params, keras_model.count_params())
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8).float().contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, 10, (batch,))
+    images = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=device).float().contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 10, (batch,), device=device)
+    forward = torch.compile(net) if compiled else net
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn(net(images), labels)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(forward(images), labels)
         loss.backward()
         optimizer.step()
 
     net.train()
     for _ in range(3):
         step()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return {"images_per_second": batch * steps / (time.perf_counter() - start), "precision": "bf16 autocast" if bf16 else "float32",
-            "backend": f"torch {torch.__version__}", "params": params}
+            "backend": f"torch {torch.__version__} on {device}{', compiled' if compiled else ''}", "params": params}
 
 
 def _recipe_options(model_name):
@@ -169,6 +175,15 @@ def cpu_description():
     return f"{name}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512'}", bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
+def gpu_name():
+    """The NVIDIA GPU's name, or None (nvidia-smi, so no framework is imported here)."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else None
+
+
 def installed(module):
     import importlib.util
 
@@ -186,9 +201,11 @@ def configurations(args, bf16_cpu):
             found.append((f"zoo Keras/{backend} {precision}", ["zoo", precision, "0"], {"KERAS_BACKEND": backend}))
     found.append((f"zoo train (recipe, augmentation) Keras/{args.backends[0]}", ["zoo", "recipe", "1"], {"KERAS_BACKEND": args.backends[0]}))
     if installed("torch"):
-        found.append(("PyTorch fp32 channels_last", ["torch", "0"], {}))
+        found.append(("PyTorch fp32 channels_last", ["torch", "0", "0"], {}))
         if bf16_cpu:
-            found.append(("PyTorch bf16 autocast channels_last", ["torch", "1"], {}))
+            found.append(("PyTorch bf16 autocast channels_last", ["torch", "1", "0"], {}))
+        if args.compile:
+            found.append((f"PyTorch {'bf16 autocast' if bf16_cpu else 'fp32'} channels_last compiled", ["torch", "1" if bf16_cpu else "0", "1"], {}))
     return found
 
 
@@ -212,6 +229,7 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, help="timed steps per measurement, after as many warm-up steps (default: by model, a few seconds)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help="also measure native PyTorch under torch.compile")
     parser.add_argument("--json", help="also write the medians here")
     args = parser.parse_args()
     if args.worker:
@@ -219,10 +237,13 @@ def main():
         if kind == "zoo":
             result = zoo_step(model, rest[0], args.batch, args.steps or STEPS.get(model, 10), rest[1] == "1")
         else:
-            result = torch_step(model, rest[0] == "1", args.batch, args.steps or STEPS.get(model, 10))
+            result = torch_step(model, rest[0] == "1", args.batch, args.steps or STEPS.get(model, 10), compiled=rest[1] == "1")
         print(json.dumps(result))
         return
     cpu, bf16_cpu = cpu_description()
+    gpu = gpu_name()
+    if gpu:  # bfloat16 is native there; the CPU only feeds it
+        cpu, bf16_cpu = f"{gpu} (host: {cpu})", True
     print(f"# {cpu}; batch {args.batch}, {args.repeats} alternating repeats, median [min-max] images/s")
     report = {"cpu": cpu, "batch": args.batch, "models": {}}
     for model in args.models:

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-import keras
 from zoo import augment
 from zoo.cli import main
 from zoo.data import Batches, Split, read_image
@@ -28,7 +27,6 @@ SETTINGS = [
 SAME_PIXELS = """
 import json, sys
 import numpy as np
-import keras
 from zoo import augment
 from zoo.data import Batches, Split
 images, labels = np.load(sys.argv[1])["images"], np.load(sys.argv[1])["labels"]

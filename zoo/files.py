@@ -1,5 +1,5 @@
 """Writing files so that a crash or `kill -9` never leaves a half-written one in place; locks; their
-sha256; where the shipped recipes and released weights are."""
+sha256; float16 weight files; where the shipped recipes and released weights are."""
 
 import contextlib
 import hashlib
@@ -113,3 +113,25 @@ def shipped_folder(name):
     `BUNDLED`, else the one beside the package in a source checkout."""
     bundled = BUNDLED / name
     return bundled if bundled.is_dir() else PACKAGE.parent / name
+
+
+def save_float16_weights(model, path):
+    """`model.save_weights(path)` with every float32 array stored as float16 (Keras casts back on load)."""
+    import h5py
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        full = pathlib.Path(tmp) / "model.weights.h5"
+        model.save_weights(full)
+        with h5py.File(full, "r") as src, h5py.File(path, "w") as dst:
+            dst.attrs.update(src.attrs)
+
+            def copy(name, item):
+                if isinstance(item, h5py.Group):
+                    dst.require_group(name).attrs.update(item.attrs)
+                else:
+                    data = item[()]
+                    data = data.astype(np.float16) if data.dtype == np.float32 else data
+                    dst.create_dataset(name, data=data).attrs.update(item.attrs)
+
+            src.visititems(copy)

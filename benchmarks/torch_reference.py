@@ -1,0 +1,195 @@
+"""Same-data reference: a zoo network trained in native PyTorch with the pytorch-cifar-models recipe.
+
+    python benchmarks/torch_reference.py --model vgg16_bn --data-dir ../shared/data/cifar10 --epochs 200 --json ref.json
+
+The question it answers: at equal data and epochs, does the zoo train a network as well (and as fast)
+as a plain PyTorch script with the peers' hyper-parameters? So everything but the training code is
+shared with the zoo's run: the network (translated layer by layer from the zoo's Keras model, the
+parameter count checked, see `train_speed.torch_network`), the images (the same folder, decoded the
+same way, the same train/validation split of the model's shipped recipe) and the test images.
+The training is PyTorch's own: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 256, cosine decay
+per step, random crop (pad 4) + horizontal flip done on the device, cross-entropy, no label smoothing;
+bfloat16 autocast and channels_last on a GPU (or a CPU with bfloat16 instructions), optionally
+`torch.compile`. Prints one line per epoch; `--json` gets the accuracies, images/s and history.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+os.environ["KERAS_BACKEND"] = "torch"  # zoo reads the images and builds the Keras model once, to translate it
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+
+
+def load(model_name, data_dir, limit=None, overrides=()):
+    """The zoo recipe's network (as torch modules) and data split (uint8 NHWC arrays); `overrides` as `zoo train --set`."""
+    import zoo
+    from train_speed import _recipe_options, torch_network
+    from zoo import recipe as recipes
+    from zoo.data import load_dataset
+
+    recipe = recipes.load(f"{model_name}_cifar10", list(overrides))
+    data = recipe["data"]
+    dataset = load_dataset(
+        "cifar10", data_dir=data_dir, image_size=tuple(data["image_size"]), validation_size=data["validation_size"],
+        seed=recipe["training"]["seed"], limit=limit or data["limit"] or None,
+    )
+    keras_model = zoo.get_model(model_name, num_classes=len(dataset.class_names), input_shape=(*data["image_size"], 3), **_recipe_options(model_name))
+    return torch_network(keras_model), dataset
+
+
+def crop_and_flip(images, padding, generator):
+    """Random crop of the zero-padded images and a horizontal flip for half of them; uint8 NHWC in and out."""
+    import torch
+
+    n, h, w, _ = images.shape
+    device = images.device
+    dy, dx = (torch.randint(-padding, padding + 1, (n, 1, 1), device=device, generator=generator) for _ in range(2))
+    flip = torch.rand(n, 1, 1, device=device, generator=generator) < 0.5
+    rows = torch.arange(h, device=device).view(1, h, 1) + dy
+    cols = torch.arange(w, device=device).view(1, 1, w)
+    cols = torch.where(flip, w - 1 - cols, cols) + dx
+    inside = ((rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)).unsqueeze(-1)
+    batch = torch.arange(n, device=device).view(n, 1, 1)
+    return images[batch, rows.clamp(0, h - 1), cols.clamp(0, w - 1)] * inside
+
+
+def to_input(images):
+    """uint8 NHWC -> float32 NCHW in channels_last memory (the same bytes, no copy of the layout)."""
+    import torch
+
+    return images.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+
+
+def evaluate(net, images, labels, batch, autocast):
+    """Top-1 accuracy, and with the flipped image's probabilities averaged in (flip TTA)."""
+    import torch
+
+    net.eval()
+    correct = correct_tta = 0
+    with torch.no_grad(), autocast():
+        for start in range(0, len(images), batch):
+            x = to_input(images[start : start + batch])
+            y = labels[start : start + batch]
+            p = net(x).float().softmax(1)
+            p_tta = p + net(torch.flip(x, dims=[3])).float().softmax(1)
+            correct += (p.argmax(1) == y).sum().item()
+            correct_tta += (p_tta.argmax(1) == y).sum().item()
+    return correct / len(images), correct_tta / len(images)
+
+
+def train(args):
+    import functools
+
+    import torch
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    net, dataset = load(args.model, args.data_dir, args.limit, args.set)
+    net = net.to(device, memory_format=torch.channels_last)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and (device.type == "cuda" or _cpu_has_bf16()))
+    autocast = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=bf16)
+    step_net = torch.compile(net) if args.compile else net
+    images = torch.from_numpy(dataset.train.images).to(device)
+    labels = torch.from_numpy(dataset.train.labels.astype("int64")).to(device)
+    test_images = torch.from_numpy(dataset.test.images).to(device)
+    test_labels = torch.from_numpy(dataset.test.labels.astype("int64")).to(device)
+    steps = len(images) // args.batch  # the last, incomplete batch is dropped (one shape for torch.compile)
+    if steps < 1:
+        raise SystemExit(f"--batch {args.batch} is larger than the {len(images)} training images")
+    optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4, nesterov=args.nesterov)
+    total = steps * args.epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    generator = torch.Generator(device).manual_seed(args.seed)
+    history, trained_seconds = [], 0.0
+    print(
+        f"{args.model} in native PyTorch {torch.__version__} on {device} ({'bf16 autocast' if bf16 else 'float32'}, channels_last"
+        f"{', torch.compile' if args.compile else ''}): {len(images):,} train / {len(test_images):,} test images; "
+        f"{args.epochs} epochs of {steps} steps", flush=True,
+    )
+    for epoch in range(args.epochs):
+        net.train()
+        _sync(device)
+        start = time.perf_counter()
+        order = torch.randperm(len(images), device=device, generator=generator)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(steps):
+            chosen = order[i * args.batch : (i + 1) * args.batch]
+            x = to_input(crop_and_flip(images[chosen], 4, generator))
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                loss = loss_fn(step_net(x), labels[chosen])
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            loss_sum += loss.detach()
+        _sync(device)
+        seconds = time.perf_counter() - start
+        if epoch:  # the first epoch holds compilation and warm-up
+            trained_seconds += seconds
+        history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "seconds": round(seconds, 3)})
+        print(f"epoch {epoch + 1}/{args.epochs}: {seconds:.1f}s, loss {history[-1]['loss']:.4f}", flush=True)
+    accuracy, accuracy_tta = evaluate(net, test_images, test_labels, 1000, autocast)
+    timed = steps * args.batch * (args.epochs - 1)
+    report = {
+        "model": args.model, "framework": f"torch {torch.__version__}", "device": _device_name(device),
+        "precision": "bf16 autocast" if bf16 else "float32", "channels_last": True, "compiled": args.compile,
+        "recipe": {"optimizer": "SGD", "lr": args.lr, "momentum": 0.9, "nesterov": args.nesterov, "weight_decay": 5e-4, "batch": args.batch,
+                   "schedule": "cosine per step", "augment": "crop (pad 4) + flip", "epochs": args.epochs, "seed": args.seed},
+        "data": {"dir": os.path.abspath(args.data_dir), "train": len(images), "test": len(test_images)},
+        "test_accuracy": accuracy, "test_accuracy_flip_tta": accuracy_tta,
+        "images_per_second": timed / trained_seconds if trained_seconds else None,
+        "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history,
+    }
+    print(f"test accuracy {accuracy:.4f} ({accuracy_tta:.4f} with flip TTA); {report['images_per_second'] or 0:.0f} images/s", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device):
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
+
+
+def _cpu_has_bf16():
+    from train_speed import cpu_description
+
+    return cpu_description()[1]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a model with a shipped CIFAR-10 recipe: lenet5, alexnet_lite, vgg11_bn, vgg16_bn")
+    parser.add_argument("--data-dir", required=True, help="image folders DIR/train/<class>/*, DIR/test/<class>/* (as zoo train takes)")
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--nesterov", action="store_true")
+    parser.add_argument("--precision", choices=("auto", "bf16", "float32"), default="auto", help="auto: bf16 autocast on a GPU or a bf16 CPU")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument("--device", help="default: cuda if there is one, else cpu")
+    parser.add_argument("--limit", type=int, help="use only this many training images (a quick check)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides, as zoo train's (the data.* keys matter here)")
+    parser.add_argument("--json", help="write the report here")
+    return train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The one-command GPU path (benchmarks/gpu_session.py) and the same-data PyTorch reference, run on this CPU
+under JAX with a few hundred images: pack -> run -> unpack -> zoo eval, and the deadline."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import keras
+from zoo import augment
+from zoo.data import read_image
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_session  # noqa: E402
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: pip install -e '.[dev]'")
+
+
+def session(*args, timeout=600):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def packed(small_cifar10, tmp_path_factory):
+    dest = tmp_path_factory.mktemp("pack")
+    gpu_session.pack(small_cifar10, dest, wheels=False)
+    return dest
+
+
+def test_pack_keeps_every_image_file_byte_for_byte(packed, small_cifar10, tmp_path):
+    assert gpu_session.unpack_images(packed / gpu_session.DATA_FILE, tmp_path) == sum(1 for p in small_cifar10.rglob("*.jpg"))
+    for original in sorted(small_cifar10.rglob("*.jpg"))[::37]:
+        assert (tmp_path / original.relative_to(small_cifar10)).read_bytes() == original.read_bytes()
+
+
+@needs_torch
+def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_eval(packed, small_cifar10, tmp_path):
+    out = session(
+        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 2, "--recipes", "lenet5_cifar10",
+        "--references", "lenet5", "--limit", 300, "--set", "data.validation_size=100", "--set", "training.tta_flip=false",
+    )
+    assert '"lenet5_cifar10": "finished"' in out and '"reference_lenet5": "finished"' in out
+    parts = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in parts] == ["runs.tar.000"] and parts[0].stat().st_size <= gpu_session.PART_BYTES
+    out = session("unpack", tmp_path / "out", "--into", tmp_path / "runs")
+    run = tmp_path / "runs" / "lenet5_cifar10"
+    assert f"{run}: model.keras from its float16 weights (62,094 params)" in out
+    assert not (run / "backup").exists() and not list((tmp_path / "runs").glob(".*"))
+    # The weights that came back are the trained ones, rounded to float16 (as a release keeps them).
+    trained = keras.saving.load_model(tmp_path / "work" / "runs" / "lenet5_cifar10" / "model.keras").get_weights()
+    for back, original in zip(keras.saving.load_model(run / "model.keras").get_weights(), trained):
+        np.testing.assert_array_equal(back, original.astype(np.float16).astype(np.float32))
+    done = subprocess.run([sys.executable, "-m", "zoo.cli", "eval", str(run), "--data-dir", str(small_cifar10), "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = json.loads((tmp_path / "runs" / "reference_lenet5.json").read_text())
+    assert reference["data"]["train"] == 300 and reference["recipe"]["lr"] == 0.1 and reference["recipe"]["batch"] == 256
+    assert 0 <= reference["test_accuracy"] <= 1 and reference["images_per_second"] > 0 and len(reference["history"]) == 2
+
+
+def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, tmp_path):
+    out = session(
+        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4,
+        "--recipes", "lenet5_cifar10", "--references", "--limit", 200, "--backup-every", 2, "--set", "data.validation_size=100",
+    )
+    assert '"lenet5_cifar10": "stopped at the deadline"' in out
+    session("unpack", tmp_path / "out", "--into", tmp_path / "runs")
+    run = tmp_path / "runs" / "lenet5_cifar10"
+    assert (run / "model.keras").exists() and not (run / "results.json").exists()
+    assert json.loads((run / "state.json").read_text())["epoch"] >= 2
+
+
+def test_unpack_refuses_a_folder_without_parts_or_a_target_in_use(tmp_path):
+    with pytest.raises(SystemExit, match="No runs.tar.NNN parts in"):
+        gpu_session.unpack(tmp_path, tmp_path / "runs")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "mine.txt").write_text("x")
+    (tmp_path / "runs.tar.000").write_bytes(b"")
+    with pytest.raises(SystemExit, match="is not empty: unpack into a new folder"):
+        gpu_session.unpack(tmp_path, tmp_path / "runs")
+    assert (tmp_path / "runs" / "mine.txt").read_text() == "x"
+
+
+@needs_torch
+def test_the_references_crop_and_flip_moves_real_images_as_a_padded_crop_and_flip_would(cifar10_dir):
+    import torch
+
+    from torch_reference import crop_and_flip
+
+    images = np.stack([read_image(p, (32, 32)) for p in sorted((cifar10_dir / "test" / "cat").glob("00[0-3]?.jpg"))])
+    out = crop_and_flip(torch.from_numpy(images), 4, torch.Generator().manual_seed(0)).numpy()
+    assert out.dtype == np.uint8
+    found = set()
+    for i, image in enumerate(images):  # each output is one of the 9 x 9 crops of the padded image, flipped or not
+        candidates = {(dy, dx, f) for dy in range(-4, 5) for dx in range(-4, 5) for f in (False, True)}
+        matches = [c for c in candidates if np.array_equal(out[i], augment.apply(image[None], augment.Draw(np.array([[c[0]], [c[1]]]), np.array([c[2]]), None))[0])]
+        assert matches, f"image {i} is no crop/flip of its input"
+        found.add(matches[0])
+    assert len(found) > len(images) // 2  # the draws differ between images
