@@ -26,7 +26,6 @@ import io
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -207,8 +206,6 @@ def unpack(folder, into):
         raise SystemExit(f"{into} is not empty: unpack into a new folder (nothing there is replaced).")
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as tar:
         tar.extractall(into, filter="data")
-    import keras
-
     from zoo import recipe as recipes
     from zoo.training import build_model
 
