@@ -20,8 +20,6 @@ import os
 import sys
 import time
 
-os.environ["KERAS_BACKEND"] = "torch"  # zoo reads the images and builds the Keras model once, to translate it
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
@@ -188,7 +186,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides, as zoo train's (the data.* keys matter here)")
     parser.add_argument("--json", help="write the report here")
-    return train(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    os.environ["KERAS_BACKEND"] = "torch"  # zoo reads the images and builds the Keras model once, to translate it
+    return train(args)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ For each model: images/s of one training step (batch 128, in-memory data, steady
 - native PyTorch: the same layers (translated one by one from the Keras model, so the same network:
   the parameter counts are checked), channels_last, SGD with Nesterov momentum, in float32 and, where
   the CPU has bfloat16 instructions, under bfloat16 autocast.
+`--jit` adds zoo with `jit_compile=True` (XLA under TensorFlow and JAX, torch.compile under torch),
+`--compile` native PyTorch under torch.compile, and `ZOO_BENCH_NO_BN=1` measures both sides without
+batch norm (where the gap on CPUs comes from). On a machine with an NVIDIA GPU both sides run there
+(`--backends jax` for zoo; `--steps` of a few hundred).
 Each measurement runs in its own process (one backend per process); the configurations are run in
 turn `--repeats` times, alternating, and the table shows medians, spread, and the ratio to the best
 native PyTorch setting. The CPU and its flags are printed with it: figures differ between CPU kinds.
@@ -27,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def zoo_step(model_name, precision, batch, steps, pipeline):
+def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
     """Images/s of zoo's training step for one recipe's model (`KERAS_BACKEND` picks the backend)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
@@ -38,7 +42,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline):
     from zoo.data import Batches, Split, one_hot
     from zoo.training import build_model, has_accelerator, make_optimizer, resolve_precision
 
-    recipe = recipes.load(f"{model_name}_cifar10")
+    recipe = recipes.load(f"{model_name}_cifar10", _overrides())
     keras.config.set_dtype_policy(resolve_precision(recipe["training"]["precision"] if precision == "recipe" else precision))
     keras.utils.set_random_seed(0)
     model = build_model(recipe, (32, 32, 3), 10)
@@ -46,6 +50,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline):
         optimizer=make_optimizer(recipe, steps),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=recipe["training"]["label_smoothing"]),
         metrics=["accuracy"],
+        jit_compile=jit_compile,  # "auto": XLA under JAX and on TensorFlow GPUs, not on CPUs; torch: torch.compile
     )
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (batch * steps, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, batch * steps).astype("int32"))
@@ -151,8 +156,13 @@ def torch_step(model_name, bf16, batch, steps, compiled=False):
 def _recipe_options(model_name):
     from zoo import recipe as recipes
 
-    model = recipes.load(f"{model_name}_cifar10")["model"]
+    model = recipes.load(f"{model_name}_cifar10", _overrides())["model"]
     return {k: (tuple(v) if isinstance(v, list) else v) for k, v in model.items() if k in ("batch_norm", "dropout", "fc_units") and v is not None}
+
+
+def _overrides():
+    """`ZOO_BENCH_NO_BN=1` measures the recipe's network without batch norm, in zoo and in PyTorch alike."""
+    return ["model.batch_norm=false"] if os.environ.get("ZOO_BENCH_NO_BN") else []
 
 
 def _keras_only(model):
@@ -197,9 +207,12 @@ def configurations(args, bf16_cpu):
         if not installed(backend):
             print(f"# {backend}: not installed, left out", file=sys.stderr)
             continue
-        for precision in (["auto", "float32"] if bf16_cpu else ["float32"]):
-            found.append((f"zoo Keras/{backend} {precision}", ["zoo", precision, "0"], {"KERAS_BACKEND": backend}))
-    found.append((f"zoo train (recipe, augmentation) Keras/{args.backends[0]}", ["zoo", "recipe", "1"], {"KERAS_BACKEND": args.backends[0]}))
+        precisions = ["auto", "float32"] if bf16_cpu else ["float32"]
+        for precision in precisions:
+            found.append((f"zoo Keras/{backend} {precision}", ["zoo", precision, "0", "auto"], {"KERAS_BACKEND": backend}))
+            if args.jit and precision == precisions[0]:
+                found.append((f"zoo Keras/{backend} {precision} jit_compile", ["zoo", precision, "0", "1"], {"KERAS_BACKEND": backend}))
+    found.append((f"zoo train (recipe, augmentation) Keras/{args.backends[0]}", ["zoo", "recipe", "1", "auto"], {"KERAS_BACKEND": args.backends[0]}))
     if installed("torch"):
         found.append(("PyTorch fp32 channels_last", ["torch", "0", "0"], {}))
         if bf16_cpu:
@@ -215,7 +228,7 @@ STEPS = {"lenet5": 100, "alexnet_lite": 20, "vgg11_bn": 10, "vgg16_bn": 6}  # a 
 def run_worker(model, spec, env, args):
     steps = args.steps or STEPS.get(model, 10)
     command = [sys.executable, __file__, "--worker", model, *spec, "--batch", str(args.batch), "--steps", str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env, "PYTHONPATH": ROOT}, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))}, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"{model} {spec} failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -230,12 +243,14 @@ def main():
     parser.add_argument("--steps", type=int, help="timed steps per measurement, after as many warm-up steps (default: by model, a few seconds)")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help="also measure native PyTorch under torch.compile")
+    parser.add_argument("--jit", action="store_true", help="also measure zoo with jit_compile=True (XLA on TensorFlow and JAX, torch.compile on torch)")
     parser.add_argument("--json", help="also write the medians here")
     args = parser.parse_args()
     if args.worker:
         model, kind, *rest = args.worker
         if kind == "zoo":
-            result = zoo_step(model, rest[0], args.batch, args.steps or STEPS.get(model, 10), rest[1] == "1")
+            jit = {"auto": "auto", "1": True}[rest[2]]
+            result = zoo_step(model, rest[0], args.batch, args.steps or STEPS.get(model, 10), rest[1] == "1", jit_compile=jit)
         else:
             result = torch_step(model, rest[0] == "1", args.batch, args.steps or STEPS.get(model, 10), compiled=rest[1] == "1")
         print(json.dumps(result))

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 import zoo.data as data
-from zoo.data import Batches, DataUnavailableError, Split, augment, load_dataset
+from zoo.augment import augment
+from zoo.data import Batches, DataUnavailableError, Split, load_dataset
 
 
 def test_image_folders_decode_real_cifar10(small_cifar10):

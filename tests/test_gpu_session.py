@@ -71,7 +71,7 @@ def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed
         "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4,
         "--recipes", "lenet5_cifar10", "--references", "--limit", 200, "--backup-every", 2, "--set", "data.validation_size=100",
     )
-    assert '"lenet5_cifar10": "stopped at the deadline"' in out
+    assert '"lenet5_cifar10": "stopped at the deadline after ' in out
     session("unpack", tmp_path / "out", "--into", tmp_path / "runs")
     run = tmp_path / "runs" / "lenet5_cifar10"
     assert (run / "model.keras").exists() and not (run / "results.json").exists()

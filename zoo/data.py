@@ -18,7 +18,6 @@ import numpy as np
 import keras
 
 from zoo import augment as augmentations
-from zoo.augment import augment  # noqa: F401 - zoo.data.augment, as before zoo.augment existed
 from zoo.files import write_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -417,15 +416,12 @@ class Batches(keras.utils.PyDataset):
             chosen = chosen[part * len(chosen) // parts : (part + 1) * len(chosen) // parts]
             stream.append(part)
         if self._device_images is None:
-            images = self.split.images[chosen]
-            if self.augmentation is not None:
-                images = augment(images, np.random.default_rng(stream), **self.augmentation)
+            images, apply = self.split.images[chosen], augmentations.apply
         else:
-            images = keras.ops.take(self._device_images, chosen, axis=0)
-            if self.augmentation is not None:
-                _, h, w, _ = self.split.images.shape
-                draw = augmentations.draw(len(chosen), h, w, np.random.default_rng(stream), **self.augmentation)
-                images = augmentations.apply_on_device(images, draw)
+            images, apply = keras.ops.take(self._device_images, chosen, axis=0), augmentations.apply_on_device
+        if self.augmentation is not None:
+            _, h, w, _ = self.split.images.shape
+            images = apply(images, augmentations.draw(len(chosen), h, w, np.random.default_rng(stream), **self.augmentation))
         labels = self.split.labels[chosen]
         return images, labels if self.one_hot is None else one_hot(labels, self.one_hot)
 
