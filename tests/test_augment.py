@@ -27,6 +27,7 @@ SETTINGS = [
 SAME_PIXELS = """
 import json, sys
 import numpy as np
+import keras
 from zoo import augment
 from zoo.data import Batches, Split
 images, labels = np.load(sys.argv[1])["images"], np.load(sys.argv[1])["labels"]

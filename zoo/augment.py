@@ -8,6 +8,7 @@ where it runs, and a run stays reproducible from (seed, epoch, batch index).
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -89,8 +90,7 @@ def apply_on_device(images, d):
     square is masked. Jitted under JAX, so one call is one fused device program."""
     from keras import backend
 
-    arguments = {k: v for k, v in (("shift", d.shift), ("flipped", d.flipped), ("corner", d.corner)) if v is not None}
-    arrays = {k: np.asarray(v, "int32") for k, v in arguments.items()}
+    arrays = {k: np.asarray(v, "int32") for k, v in (("shift", d.shift), ("flipped", d.flipped), ("corner", d.corner)) if v is not None}
     if backend.backend() == "jax":
         return _jitted(tuple(sorted(arrays)), d.cutout)(images, **arrays)
     return _on_device(images, cutout=d.cutout, **arrays)
@@ -120,12 +120,9 @@ def _on_device(images, *, shift=None, flipped=None, corner=None, cutout=0):
     return ops.where(inside[..., None], pixels, ops.zeros_like(pixels))
 
 
-_JITTED = {}
-
-
+@functools.cache
 def _jitted(names, cutout):
-    if (names, cutout) not in _JITTED:
-        import jax
+    """One compiled function per set of augmentations (`names`) and cutout size; JAX retraces per batch shape."""
+    import jax
 
-        _JITTED[names, cutout] = jax.jit(lambda images, **kw: _on_device(images, cutout=cutout, **kw))
-    return _JITTED[names, cutout]
+    return jax.jit(lambda images, **arrays: _on_device(images, cutout=cutout, **arrays))
