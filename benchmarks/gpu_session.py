@@ -110,6 +110,8 @@ def install_wheels(wheels, target="/tmp/zoo-site"):
 
 def run(args):
     """On the GPU machine: train, measure, and put the run folders into `args.out`."""
+    if not (pathlib.Path(args.pack) / DATA_FILE).is_file():
+        raise SystemExit(f"No {DATA_FILE} in {args.pack}: run `gpu_session.py pack` here first and carry the folder to the machine.")
     started = time.time()
     deadline = started + args.minutes * 60
     work = pathlib.Path(args.work)

@@ -3,8 +3,6 @@ a torch-trained model file loads under TensorFlow and exports."""
 
 import importlib.util
 import json
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from zoo.cli import main
 
 from conftest import ROOT
 from test_portability import run_python
-from test_training import epochs_logged, quick_args, run_zoo, zoo_process
+from test_training import epochs_logged, kill_after_backup, quick_args, run_zoo, zoo_process
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: pip install -e '.[dev]'")
 
@@ -63,13 +61,7 @@ def test_a_recipe_trains_and_resumes_under_torch_and_its_model_exports_under_ten
     out = run_zoo(reference)
     assert "lenet5 (62,094 params, float32) on" in out
     proc = zoo_process(args)
-    metadata = tmp_path / "torch" / "backup" / "training_metadata.json"
-    deadline = time.time() + 300
-    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1):
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_backup([proc], tmp_path / "torch", 1)
     out = run_zoo(args)
     assert "resuming from epoch" in out
     results = json.loads((tmp_path / "torch" / "results.json").read_text())

@@ -78,6 +78,12 @@ def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed
     assert json.loads((run / "state.json").read_text())["epoch"] >= 2
 
 
+def test_run_without_a_pack_says_what_to_do_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match=r"No images.npz in .*: run `gpu_session.py pack` here first"):
+        gpu_session.main(["run", "--out", str(tmp_path / "out"), "--pack", str(tmp_path / "nothing"), "--work", str(tmp_path / "work")])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
 def test_unpack_refuses_a_folder_without_parts_or_a_target_in_use(tmp_path):
     with pytest.raises(SystemExit, match="No runs.tar.NNN parts in"):
         gpu_session.unpack(tmp_path, tmp_path / "runs")

@@ -45,6 +45,18 @@ def run_zoo(args, env=None, timeout=400):
     return out
 
 
+def kill_after_backup(processes, run_dir, epoch):
+    """SIGKILL `processes` (zoo train) once the run's backup holds `epoch` epochs; fails if training ends first."""
+    metadata = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= epoch):
+        assert all(p.poll() is None for p in processes) and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    for process in processes:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+
+
 def epochs_logged(run_dir):
     with open(run_dir / "history.csv") as f:
         return [int(row["epoch"]) for row in csv.DictReader(f)]
@@ -236,15 +248,10 @@ def test_kill_9_then_resume_continues_and_matches_an_uninterrupted_run(small_cif
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     run_zoo(quick_args(small_cifar10, reference, epochs=epochs))
     proc = zoo_process(quick_args(small_cifar10, resumed, epochs=epochs))
-    metadata = resumed / "backup" / "training_metadata.json"
-    deadline = time.time() + 300
-    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 2):
-        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_backup([proc], resumed, 2)
     assert not (resumed / "results.json").exists()
     out = run_zoo(quick_args(small_cifar10, resumed, epochs=epochs))
+    metadata = resumed / "backup" / "training_metadata.json"
     done = json.loads(metadata.read_text())["epoch"] if metadata.exists() else None
     results = json.loads((resumed / "results.json").read_text())
     start = results["resumed_from_epoch"]
@@ -496,14 +503,7 @@ def test_workers_stop_with_the_chief_when_its_run_folder_is_finished(multi_worke
 def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_worker_run, small_cifar10, tmp_path):
     args = quick_args(small_cifar10, tmp_path / "run", MULTI_WORKER_EPOCHS, limit=0)
     workers = start_workers(args, tmp_path / "scratch")
-    metadata = tmp_path / "run" / "backup" / "training_metadata.json"
-    deadline = time.time() + 300
-    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1):
-        assert all(w.poll() is None for w in workers) and time.time() < deadline, "training ended before it could be killed"
-        time.sleep(0.05)
-    for worker in workers:
-        worker.send_signal(signal.SIGKILL)
-        worker.communicate()
+    kill_after_backup(workers, tmp_path / "run", 1)
     assert not (tmp_path / "run" / "results.json").exists()
     digests, outputs = final_digests(start_workers(args, tmp_path / "scratch"))
     start = json.loads((tmp_path / "run" / "results.json").read_text())["resumed_from_epoch"]

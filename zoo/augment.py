@@ -92,7 +92,7 @@ def apply_on_device(images, d):
 
     arrays = {k: np.asarray(v, "int32") for k, v in (("shift", d.shift), ("flipped", d.flipped), ("corner", d.corner)) if v is not None}
     if backend.backend() == "jax":
-        return _jitted(tuple(sorted(arrays)), d.cutout)(images, **arrays)
+        return _jitted(d.cutout)(images, **arrays)
     return _on_device(images, cutout=d.cutout, **arrays)
 
 
@@ -121,8 +121,8 @@ def _on_device(images, *, shift=None, flipped=None, corner=None, cutout=0):
 
 
 @functools.cache
-def _jitted(names, cutout):
-    """One compiled function per set of augmentations (`names`) and cutout size; JAX retraces per batch shape."""
+def _jitted(cutout):
+    """One jitted function per cutout size (JAX traces again per batch shape and set of draws given)."""
     import jax
 
     return jax.jit(lambda images, **arrays: _on_device(images, cutout=cutout, **arrays))

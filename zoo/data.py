@@ -364,7 +364,7 @@ class Batches(keras.utils.PyDataset):
 
     `on_device=True` copies the uint8 images to the backend's device once and returns each batch as
     a device tensor, gathered and augmented there (`zoo.augment.apply_on_device`): the same pixels
-    as on the host, without a host copy per batch (what keeps a fast GPU busy).
+    as on the host, without a host copy per batch (what keeps a fast GPU busy); `threads` does not apply.
     """
 
     def __init__(self, split, batch_size, *, seed=0, augmentation=None, epoch=0, one_hot=None, shard=None, threads=1, on_device=False):
