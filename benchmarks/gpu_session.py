@@ -40,6 +40,8 @@ PART_BYTES = 15 * 2**20  # files that come back from a lease: at most 16 MiB eac
 MOVED_LIMIT = 64 * 2**20  # what travels to the lease: the tree and the carried paths
 # What the GPU machine lacks for `zoo train` (its image has jax, numpy, h5py, ml-dtypes, rich, absl-py, pillow).
 WHEELS = ("keras", "namex", "optree")
+PROBE_EPOCHS = 1000
+REFERENCE_BATCH = 256  # torch_reference.py's default, the peers' batch
 KEPT = ("recipe.toml", "results.json", "history.csv", "state.json", "*.png", "*.log")
 
 
@@ -99,6 +101,21 @@ def unpack_images(pack_file, folder):
     return len(packed["paths"])
 
 
+def check_wheels(wheels):
+    """One line, before any work, if a packed wheel cannot install on this interpreter (e.g. cp312 on 3.11)."""
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+
+    supported = set(sys_tags())
+    misfits = [p.name for p in sorted(pathlib.Path(wheels).glob("*.whl")) if not parse_wheel_filename(p.name)[3] & supported]
+    if misfits:
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        raise SystemExit(
+            f"The packed wheels do not fit this Python {here} ({sys.executable}): {', '.join(misfits)}. "
+            f"Pack again for it: gpu_session.py pack --python-version {here} ..."
+        )
+
+
 def install_wheels(wheels, target="/tmp/zoo-site"):
     """Install the carried wheels into `target` where the interpreter lacks them; the PYTHONPATH entry to use."""
     found = sorted(glob.glob(str(pathlib.Path(wheels) / "*.whl")))
@@ -108,71 +125,241 @@ def install_wheels(wheels, target="/tmp/zoo-site"):
     return target
 
 
+class Job:
+    """One training process (its own process group, output in a log file), with the time each epoch line appeared."""
+
+    def __init__(self, name, command, log_path, env):
+        self.name, self.command, self.log_path = name, command, pathlib.Path(log_path)
+        self.log = open(self.log_path, "w")
+        self.started = time.time()
+        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+        self.epoch_ends, self.ended = [], None  # wall-clock times
+
+    def poll(self):
+        """Record the epoch lines printed since the last call; True while the process runs."""
+        for _ in range(_epochs_done(self.log_path) - len(self.epoch_ends)):
+            self.epoch_ends.append(time.time())
+        running = self.process.poll() is None
+        if not running and self.ended is None:
+            self.ended = time.time()
+        return running
+
+    def stop(self, grace=30):
+        """SIGTERM to its process group (a run keeps its last backup and best checkpoint), SIGKILL after `grace` s."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM if grace else signal.SIGKILL)
+            try:
+                self.process.wait(grace or None)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+    def tail(self, lines=12):
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait(jobs, deadline, until=lambda: False, interval=0.2):
+    """Poll until every job has ended, `until()` holds, or the deadline passes."""
+    while any([job.poll() for job in jobs]) and time.time() < deadline and not until():
+        time.sleep(interval)
+    for job in jobs:
+        job.poll()
+
+
+def job_commands(args, data_dir, out_dir, epochs, overrides=()):
+    """name -> command line of every zoo recipe (JAX) and PyTorch reference, in the order given."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overrides = [*args.set, *overrides]
+    sets = [part for item in overrides for part in ("--set", item)]
+    commands = {}
+    for recipe in args.recipes:
+        commands[recipe] = [
+            sys.executable, "-m", "zoo.cli", "train", recipe, "--data-dir", str(data_dir), "--backend", "jax", "--epochs", str(epochs[recipe]),
+            "--out", str(out_dir / recipe), "--backup-every", str(args.backup_every), "--augment-on", args.augment_on, *sets,
+        ]
+    for model in args.references:
+        name = f"reference_{model}"
+        commands[name] = [
+            sys.executable, str(HERE / "torch_reference.py"), "--model", model, "--data-dir", str(data_dir), "--epochs", str(epochs[name]),
+            "--json", str(out_dir / f"{name}.json"), *(["--compile"] if args.compile else []), *sets,
+        ]
+    return commands
+
+
+def pairs(recipes, references):
+    """[(label, [job names])] in order of value: each recipe with the reference of its model, then unpaired references."""
+    groups, paired = [], set()
+    for recipe in recipes:
+        model = recipe.removesuffix("_cifar10")
+        names = [recipe] + ([f"reference_{model}"] if model in references else [])
+        paired.update(names)
+        groups.append((model, names))
+    groups += [(m, [f"reference_{m}"]) for m in references if f"reference_{m}" not in paired]
+    return groups
+
+
+def plan_epochs(groups, epoch_seconds, startup_seconds, seconds_left, *, most, least, finish=30.0, safety=1.15):
+    """Epochs for each group (equal within a group) so that every run ends before `seconds_left`, measured with all
+    jobs running together; groups that cannot reach `least` epochs are left out (with the reason) rather than
+    shortening the others. Returns ({job name: epochs}, {group label: reason left out})."""
+    epochs, left_out = {}, {}
+    for label, names in groups:
+        missing = [n for n in names if n not in epoch_seconds]
+        if missing:
+            left_out[label] = f"no epoch time measured for {', '.join(missing)}"
+            continue
+        fits = min(int((seconds_left - startup_seconds[n] - finish) / (epoch_seconds[n] * safety)) for n in names)
+        if fits < least:
+            left_out[label] = f"{max(fits, 0)} epochs fit before the deadline, fewer than --min-epochs {least}"
+            continue
+        epochs.update({n: min(fits, most) for n in names})
+    return epochs, left_out
+
+
+def smoke(args, env, data_dir, runs, work):
+    """Every job for one epoch on a few hundred images, in the real environment; the failures, with their logs' ends."""
+    started = time.time()
+    overrides = [f"data.limit={args.smoke_images}", f"data.validation_size={max(args.smoke_images // 4, 1)}"]
+    commands = job_commands(args, data_dir, work / "smoke", {**dict.fromkeys(args.recipes, 1), **{f"reference_{m}": 1 for m in args.references}}, overrides)
+    jobs = [Job(name, command, runs / f"smoke_{name}.log", env) for name, command in commands.items()]
+    _wait(jobs, started + args.smoke_seconds)
+    failed = {}
+    for job in jobs:
+        job.stop(grace=0)
+        if job.process.returncode != 0:
+            failed[job.name] = f"exit {job.process.returncode}" if job.ended else f"still running after {args.smoke_seconds:.0f} s"
+    models = sorted(str(p) for p in (work / "smoke").glob("*/model.keras"))
+    if not failed and models:  # the way back: float16 weights of a trained model
+        done = _float16_weights(models, env)
+        if done.returncode != 0:
+            failed["float16 weights"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+    finish = {job.name: round(job.ended - job.epoch_ends[-1], 1) for job in jobs if job.epoch_ends and job.ended}
+    report = {"seconds": round(time.time() - started, 1), "images": args.smoke_images, "failed": failed, "finish_seconds": finish}
+    print(f"smoke pass ({args.smoke_images} images, 1 epoch, {len(jobs)} jobs at once): "
+          f"{'all passed' if not failed else 'FAILED: ' + ', '.join(f'{k} ({v})' for k, v in failed.items())} in {report['seconds']:.0f} s", flush=True)
+    for job in jobs:
+        if job.name in failed:
+            print(f"--- {job.name} ({job.log_path.name}):\n{job.tail()}", flush=True)
+    return report
+
+
+def probe(args, env, data_dir, runs, work, steady=3):
+    """All jobs at once on the full data until each has `steady` epochs with all of them past their first epoch;
+    the seconds per epoch (all running together) and the start-up before the first epoch, per job."""
+    started = time.time()
+    names = [n for _, group in pairs(args.recipes, args.references) for n in group]
+    commands = job_commands(args, data_dir, work / "probe", dict.fromkeys(names, PROBE_EPOCHS))  # stopped long before
+    jobs = [Job(name, command, runs / f"probe_{name}.log", env) for name, command in commands.items()]
+
+    def all_running_since():
+        return max(job.epoch_ends[0] for job in jobs) if all(job.epoch_ends for job in jobs) else None
+
+    def measured():
+        since = all_running_since()
+        return since is not None and all(sum(t > since for t in job.epoch_ends) > steady for job in jobs)
+
+    _wait(jobs, started + args.probe_seconds, until=measured)
+    since = all_running_since()
+    epoch_seconds, startup_seconds = {}, {}
+    for job in jobs:
+        job.stop(grace=0)
+        ends = [t for t in job.epoch_ends if since is None or t >= since]
+        if len(ends) >= 2:  # epoch lines while all jobs ran: (last - first) / epochs between them
+            epoch_seconds[job.name] = round((ends[-1] - ends[0]) / (len(ends) - 1), 3)
+            startup_seconds[job.name] = round(max(job.epoch_ends[0] - job.started - epoch_seconds[job.name], 0.0), 1)
+    report = {"seconds": round(time.time() - started, 1), "epoch_seconds": epoch_seconds, "startup_seconds": startup_seconds,
+              "epochs_seen": {job.name: len(job.epoch_ends) for job in jobs}}
+    print(f"probe ({len(jobs)} jobs at once, full data, {report['seconds']:.0f} s): seconds per epoch "
+          + ", ".join(f"{n} {s:.2f}" for n, s in epoch_seconds.items()) + "; start-up " + ", ".join(f"{n} {s:.0f} s" for n, s in startup_seconds.items()), flush=True)
+    return report
+
+
+def speed(args, env, runs, deadline):
+    """train_speed.py in what is left before the deadline (each configuration's result kept as it comes)."""
+    seconds = deadline - time.time()
+    if seconds < 30:
+        return f"left out: {seconds:.0f} s left before the deadline"
+    command = [sys.executable, str(HERE / "train_speed.py"), "--models", *args.speed_models, "--backends", "jax", "--batch", str(args.speed_batch),
+               "--steps", str(args.speed_steps), "--repeats", str(args.speed_repeats), "--compile", "--json", str(runs / "speed.json"),
+               *(["--only", *args.speed_only] if args.speed_only else [])]
+    job = Job("speed", command, runs / "speed.log", {**env, "KERAS_BACKEND": "jax"})
+    _wait([job], deadline)
+    job.stop(grace=5)
+    return "speed.json" if job.process.returncode == 0 else f"stopped or failed ({job.process.returncode}): see speed.log"
+
+
 def run(args):
-    """On the GPU machine: train, measure, and put the run folders into `args.out`."""
-    if not (pathlib.Path(args.pack) / DATA_FILE).is_file():
-        raise SystemExit(f"No {DATA_FILE} in {args.pack}: run `gpu_session.py pack` here first and carry the folder to the machine.")
+    """On the GPU machine: smoke pass, measured schedule, training, step speed; the run folders into `args.out`."""
+    pack_dir = pathlib.Path(args.pack)
+    if not (pack_dir / DATA_FILE).is_file():
+        raise SystemExit(f"No {DATA_FILE} in {pack_dir}: run `gpu_session.py pack` here first and carry the folder to the machine.")
+    check_wheels(pack_dir / "wheels")
+    unknown = [r for r in args.recipes if not (ROOT / "recipes" / f"{r}.toml").is_file()]
+    if unknown:
+        raise SystemExit(f"Unknown recipe(s) {', '.join(unknown)}: shipped ones are {', '.join(sorted(p.stem for p in (ROOT / 'recipes').glob('*.toml')))}.")
+    if args.references and 0 < args.smoke_images < REFERENCE_BATCH:
+        raise SystemExit(f"--smoke-images {args.smoke_images}: the references train in batches of {REFERENCE_BATCH}; give at least that many, or 0 for no smoke pass.")
     started = time.time()
     deadline = started + args.minutes * 60
     work = pathlib.Path(args.work)
     runs = work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
-    site = install_wheels(pathlib.Path(args.pack) / "wheels")
+    site = install_wheels(pack_dir / "wheels")
     env = {
         **os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [site, str(ROOT), os.environ.get("PYTHONPATH")])),
         "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
         "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # several trainings share the GPU: JAX would take 75% of it at once
     }
     data_dir = work / "data"
-    count = unpack_images(pathlib.Path(args.pack) / DATA_FILE, data_dir)
+    count = unpack_images(pack_dir / DATA_FILE, data_dir)
     print(f"{count:,} image files in {data_dir} ({time.time() - started:.0f} s)", flush=True)
-    summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "epochs": args.epochs, "minutes": args.minutes}
-    if args.speed:
-        speed = runs / "speed.json"
-        command = [sys.executable, str(HERE / "train_speed.py"), "--models", *args.speed_models, "--backends", "jax", "--batch", str(args.speed_batch),
-                   "--steps", str(args.speed_steps), "--repeats", str(args.speed_repeats), "--compile", "--json", str(speed)]
-        with open(runs / "speed.log", "w") as log:
-            try:  # at most a third of the lease: the trainings come after it
-                done = subprocess.run(command, env={**env, "KERAS_BACKEND": "jax"}, stdout=log, stderr=subprocess.STDOUT, timeout=args.minutes * 20)
-                summary["speed"] = "speed.json" if done.returncode == 0 else f"failed ({done.returncode}): see speed.log"
-            except subprocess.TimeoutExpired:
-                summary["speed"] = "stopped after a third of --minutes: see speed.log"
-        print(f"speed: {summary['speed']} ({time.time() - started:.0f} s)", flush=True)
-    jobs = {}
-    for recipe in args.recipes:
-        command = [sys.executable, "-m", "zoo.cli", "train", recipe, "--data-dir", str(data_dir), "--backend", "jax", "--epochs", str(args.epochs),
-                   "--out", str(runs / recipe), "--backup-every", str(args.backup_every), "--augment-on", args.augment_on,
-                   *[part for item in args.set for part in ("--set", item)]]
-        jobs[recipe] = command
-    for model in args.references:
-        command = [sys.executable, str(HERE / "torch_reference.py"), "--model", model, "--data-dir", str(data_dir), "--epochs", str(args.epochs),
-                   "--json", str(runs / f"reference_{model}.json"), *(["--compile"] if args.compile else []),
-                   *[part for item in args.set for part in ("--set", item)]]
-        jobs[f"reference_{model}"] = command
-    processes = {}
-    for name, command in jobs.items():
-        log = open(runs / f"{name}.log", "w")
-        processes[name] = (subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True), log)
-    print(f"started {', '.join(processes)}", flush=True)
-    while any(p.poll() is None for p, _ in processes.values()) and time.time() < deadline:
-        time.sleep(5)
-    summary["jobs"] = {}
-    for name, (process, log) in processes.items():
-        if process.poll() is None:  # the deadline: the run keeps its last backup and best checkpoint
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-            summary["jobs"][name] = f"stopped at the deadline after {_epochs_done(runs / f'{name}.log')} epochs"
+    summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "minutes": args.minutes, "jobs": {}}
+
+    def finish(code=0):
+        summary["seconds"] = round(time.time() - started)
+        (runs / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2), flush=True)
+        _bring_back(runs, pathlib.Path(args.out), env)
+        if code:
+            raise SystemExit(code)
+
+    groups = pairs(args.recipes, args.references)
+    if args.smoke_images:
+        summary["smoke"] = smoke(args, env, data_dir, runs, work)
+        if summary["smoke"]["failed"]:
+            print("Stopped after the smoke pass: nothing was trained. Fix what failed (logs above and in smoke_*.log).", flush=True)
+            return finish(1)
+    if args.epochs == "auto":
+        summary["probe"] = measured = probe(args, env, data_dir, runs, work)
+        speed_reserve = args.speed_seconds if args.speed else 0
+        finish_seconds = max([30.0, *(1.5 * s for s in summary.get("smoke", {}).get("finish_seconds", {}).values())])
+        epochs, left_out = plan_epochs(
+            groups, measured["epoch_seconds"], measured["startup_seconds"], deadline - time.time() - speed_reserve,
+            most=args.max_epochs, least=args.min_epochs, finish=finish_seconds,
+        )
+        summary["plan"] = {"epochs": epochs, "left_out": left_out, "finish_seconds": finish_seconds, "speed_reserve_seconds": speed_reserve}
+        print(f"plan: {', '.join(f'{n} {e} epochs' for n, e in epochs.items()) or 'nothing fits'}"
+              + "".join(f"; left out {label}: {why}" for label, why in left_out.items()), flush=True)
+    else:
+        epochs = {name: int(args.epochs) for _, names in groups for name in names}
+    commands = {name: command for name, command in job_commands(args, data_dir, runs, {n: epochs.get(n, 0) for _, ns in groups for n in ns}).items() if name in epochs}
+    jobs = [Job(name, command, runs / f"{name}.log", env) for name, command in commands.items()]
+    print(f"started {', '.join(commands) or 'nothing'} ({time.time() - started:.0f} s)", flush=True)
+    _wait(jobs, deadline)  # a run that overruns the plan keeps going into the speed reserve: it is worth more
+    for job in jobs:
+        running = job.process.poll() is None
+        job.stop()
+        if running:
+            summary["jobs"][job.name] = f"stopped at the deadline after {_epochs_done(job.log_path)} epochs"
         else:
-            summary["jobs"][name] = "finished" if process.returncode == 0 else f"failed ({process.returncode}): see {name}.log"
-        log.close()
-    summary["seconds"] = round(time.time() - started)
-    (runs / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2), flush=True)
-    _bring_back(runs, pathlib.Path(args.out), env)
+            summary["jobs"][job.name] = "finished" if job.process.returncode == 0 else f"failed ({job.process.returncode}): see {job.name}.log"
+    summary["epochs"] = epochs
+    print(f"trainings done ({time.time() - started:.0f} s): " + ", ".join(f"{n} {s}" for n, s in summary["jobs"].items()), flush=True)
+    if args.speed:
+        summary["speed"] = speed(args, env, runs, deadline)
+        print(f"speed: {summary['speed']} ({time.time() - started:.0f} s)", flush=True)
+    finish()
 
 
 def _epochs_done(log):
@@ -183,16 +370,23 @@ def _epochs_done(log):
     return int(done[-1]) if done else 0
 
 
-def _bring_back(runs, out, env):
-    """A tar of the kept files of every run (model.keras as float16 weights), in parts of at most 15 MiB."""
+def _float16_weights(models, env):
+    """model.weights.h5 in float16 beside each model.keras (in a JAX process: no TensorFlow on the GPU machine)."""
     convert = (
         "import sys, keras; from zoo.files import save_float16_weights\n"
         "for path in sys.argv[1:]:\n"
         "    save_float16_weights(keras.saving.load_model(path, compile=False), path[: -len('model.keras')] + 'model.weights.h5')\n"
     )
+    return subprocess.run([sys.executable, "-c", convert, *models], env={**env, "KERAS_BACKEND": "jax"}, capture_output=True, text=True)
+
+
+def _bring_back(runs, out, env):
+    """A tar of the kept files of every run (model.keras as float16 weights), in parts of at most 15 MiB."""
     models = sorted(str(p) for p in runs.glob("*/model.keras"))
     if models:
-        subprocess.run([sys.executable, "-c", convert, *models], env={**env, "KERAS_BACKEND": "jax"}, check=True)
+        done = _float16_weights(models, env)
+        if done.returncode != 0:
+            print(done.stderr[-3000:], flush=True)  # the logs still come back
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for path in sorted(runs.rglob("*")):
@@ -240,6 +434,12 @@ def unpack(folder, into):
               f"{r['images_per_second'] or 0:.0f} images/s, {r['recipe']['epochs']} epochs on {r['device']}")
 
 
+def _epochs_arg(value):
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r}: give auto or a number of epochs >= 1")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,20 +447,29 @@ def main(argv=None):
     p.add_argument("--data-dir", required=True)
     p.add_argument("--dest", default=str(PACK))
     p.add_argument("--no-wheels", action="store_true", help="leave out the wheels (for a machine that has Keras)")
-    p = commands.add_parser("run", help="on the GPU machine: train, measure, write the results into --out")
+    p.add_argument("--python-version", default="3.12", help="of the machine that runs them (default: 3.12, the GPU machine's)")
+    p = commands.add_parser("run", help="on the GPU machine: smoke pass, measured schedule, training, step speed; results into --out")
     p.add_argument("--out", required=True, help="where the parts go ($OUT on the lease)")
     p.add_argument("--pack", default=str(PACK))
     p.add_argument("--work", default="/tmp/zoo-gpu", help="data and run folders while it runs")
-    p.add_argument("--minutes", type=float, default=8, help="stop everything still running this long after the start (default: 8; packing takes under a minute more)")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--recipes", nargs="*", default=["vgg16_bn_cifar10", "vgg11_bn_cifar10"])
+    p.add_argument("--minutes", type=float, default=8, help="stop everything still running this long after the start (default: 8; bringing the files back takes under a minute more)")
+    p.add_argument("--epochs", default="auto", type=_epochs_arg,
+                   help="auto (default): time an epoch of every job running together, then give each model's pair the most epochs that end before the deadline; or a number for all")
+    p.add_argument("--max-epochs", type=int, default=200, help="with --epochs auto: at most this many (default: 200, the peers' schedule)")
+    p.add_argument("--min-epochs", type=int, default=60, help="with --epochs auto: a model's pair that cannot reach this many is left out (default: 60, today's releases)")
+    p.add_argument("--recipes", nargs="*", default=["vgg16_bn_cifar10", "vgg11_bn_cifar10"], help="in order of value: the first gets its place first")
     p.add_argument("--references", nargs="*", default=["vgg16_bn", "vgg11_bn"], help="models trained by torch_reference.py")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for every run (the references use the data.* keys)")
     p.add_argument("--limit", type=int, help="only this many images (a quick check of the whole path)")
     p.add_argument("--backup-every", type=int, default=10)
     p.add_argument("--augment-on", default="auto", choices=("auto", "host", "device"))
     p.add_argument("--compile", action="store_true", help="torch.compile the references")
-    p.add_argument("--speed", action="store_true", help="first measure the training step with train_speed.py (6 processes per model and repeat, ~25 s each)")
+    p.add_argument("--smoke-images", type=int, default=512, help="first run every job for one epoch on this many images, and stop if any fails (0: no smoke pass)")
+    p.add_argument("--smoke-seconds", type=float, default=240, help="a smoke job still running after this long counts as failed")
+    p.add_argument("--probe-seconds", type=float, default=150, help="with --epochs auto: the longest the epoch timing may take")
+    p.add_argument("--speed", action="store_true", help="after the trainings, measure the training step with train_speed.py in the time left")
+    p.add_argument("--speed-seconds", type=float, default=60, help="with --speed and --epochs auto: kept free of training for it")
+    p.add_argument("--speed-only", nargs="*", default=["zoo train", "compiled", "PyTorch bf16"], help="train_speed.py --only: the configurations to measure, most telling first")
     p.add_argument("--speed-models", nargs="*", default=["vgg16_bn"])
     p.add_argument("--speed-repeats", type=int, default=1)
     p.add_argument("--speed-batch", type=int, default=256)
@@ -270,7 +479,7 @@ def main(argv=None):
     p.add_argument("--into", required=True)
     args = parser.parse_args(argv)
     if args.command == "pack":
-        pack(args.data_dir, args.dest, wheels=not args.no_wheels)
+        pack(args.data_dir, args.dest, wheels=not args.no_wheels, python_version=args.python_version)
     elif args.command == "run":
         if args.limit:
             args.set.append(f"data.limit={args.limit}")

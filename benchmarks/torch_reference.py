@@ -147,6 +147,7 @@ def train(args):
     }
     print(f"test accuracy {accuracy:.4f} ({accuracy_tta:.4f} with flip TTA); {report['images_per_second'] or 0:.0f} images/s", flush=True)
     if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return report

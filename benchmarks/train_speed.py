@@ -244,7 +244,8 @@ def main():
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help="also measure native PyTorch under torch.compile")
     parser.add_argument("--jit", action="store_true", help="also measure zoo with jit_compile=True (XLA on TensorFlow and JAX, torch.compile on torch)")
-    parser.add_argument("--json", help="also write the medians here")
+    parser.add_argument("--json", help="also write the medians here (and each measurement as it comes, so a stopped run keeps them)")
+    parser.add_argument("--only", nargs="+", metavar="TEXT", help="only the configurations whose label holds one of these, in this order (e.g. 'zoo train' compiled)")
     args = parser.parse_args()
     if args.worker:
         model, kind, *rest = args.worker
@@ -262,7 +263,7 @@ def main():
     print(f"# {cpu}; batch {args.batch}, {args.repeats} alternating repeats, median [min-max] images/s")
     report = {"cpu": cpu, "batch": args.batch, "models": {}}
     for model in args.models:
-        configs = configurations(args, bf16_cpu)
+        configs = chosen(configurations(args, bf16_cpu), args.only)
         samples = {label: [] for label, _, _ in configs}
         details = {}
         for _ in range(args.repeats):
@@ -270,16 +271,32 @@ def main():
                 result = run_worker(model, spec, env, args)
                 samples[label].append(result["images_per_second"])
                 details[label] = result
+                if args.json:
+                    report["models"][model] = {"samples": samples, "details": details}
+                    _write_json(args.json, report)
         medians = {label: statistics.median(values) for label, values in samples.items()}
         peer = max((v for label, v in medians.items() if label.startswith("PyTorch")), default=None)
         print(f"\n{model}")
         for label, values in samples.items():
             ratio = f"{medians[label] / peer:.2f}x" if peer else "-"
             print(f"  {label:<42} {medians[label]:8.1f} [{min(values):.1f}-{max(values):.1f}]  {ratio:>6} of PyTorch's best  ({details[label]['precision']})")
-        report["models"][model] = {"median": medians, "samples": samples, "pytorch_best": peer}
+        report["models"][model] = {"median": medians, "samples": samples, "details": details, "pytorch_best": peer}
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        _write_json(args.json, report)
+
+
+def chosen(configs, only):
+    """The configurations whose label holds one of `only` (ordered as `only`), or all."""
+    if not only:
+        return configs
+    rank = lambda label: next((i for i, text in enumerate(only) if text in label), None)  # noqa: E731
+    return sorted((c for c in configs if rank(c[0]) is not None), key=lambda c: rank(c[0]))
+
+
+def _write_json(path, report):
+    with open(f"{path}.tmp", "w") as f:
+        json.dump(report, f, indent=2)
+    os.replace(f"{path}.tmp", path)
 
 
 if __name__ == "__main__":

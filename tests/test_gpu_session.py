@@ -4,6 +4,7 @@ under JAX with a few hundred images: pack -> run -> unpack -> zoo eval, and the 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -44,10 +45,15 @@ def test_pack_keeps_every_image_file_byte_for_byte(packed, small_cifar10, tmp_pa
 
 @needs_torch
 def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_eval(packed, small_cifar10, tmp_path):
+    # As on the lease: a smoke pass, the epoch timing of both jobs running together, the schedule sized from it.
     out = session(
-        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 2, "--recipes", "lenet5_cifar10",
-        "--references", "lenet5", "--limit", 300, "--set", "data.validation_size=100", "--set", "training.tta_flip=false",
+        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--minutes", 4, "--max-epochs", 2, "--min-epochs", 1,
+        "--recipes", "lenet5_cifar10", "--references", "lenet5", "--limit", 300, "--smoke-images", 256,
+        "--set", "data.validation_size=100", "--set", "training.tta_flip=false",
     )
+    assert "smoke pass (256 images, 1 epoch, 2 jobs at once): all passed" in out
+    assert re.search(r"probe \(2 jobs at once, full data, \d+ s\): seconds per epoch lenet5_cifar10 [\d.]+, reference_lenet5 [\d.]+", out)
+    assert "plan: lenet5_cifar10 2 epochs, reference_lenet5 2 epochs" in out
     assert '"lenet5_cifar10": "finished"' in out and '"reference_lenet5": "finished"' in out
     parts = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in parts] == ["runs.tar.000"] and parts[0].stat().st_size <= gpu_session.PART_BYTES
@@ -68,7 +74,7 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
 
 def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, tmp_path):
     out = session(
-        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4,
+        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4, "--smoke-images", 0,
         "--recipes", "lenet5_cifar10", "--references", "--limit", 200, "--backup-every", 2, "--set", "data.validation_size=100",
     )
     assert '"lenet5_cifar10": "stopped at the deadline after ' in out
@@ -82,6 +88,50 @@ def test_run_without_a_pack_says_what_to_do_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match=r"No images.npz in .*: run `gpu_session.py pack` here first"):
         gpu_session.main(["run", "--out", str(tmp_path / "out"), "--pack", str(tmp_path / "nothing"), "--work", str(tmp_path / "work")])
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_wheels_for_another_python_are_refused_in_one_line_before_any_work(packed, tmp_path):
+    pack = tmp_path / "pack"
+    (pack / "wheels").mkdir(parents=True)
+    (pack / gpu_session.DATA_FILE).symlink_to(packed / gpu_session.DATA_FILE)
+    other = f"cp{sys.version_info.major}{sys.version_info.minor + 1}"
+    (pack / "wheels" / f"optree-0.17.0-{other}-{other}-manylinux_2_17_x86_64.whl").write_bytes(b"")
+    (pack / "wheels" / "keras-3.15.1-py3-none-any.whl").write_bytes(b"")
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    with pytest.raises(SystemExit, match=rf"packed wheels do not fit this Python {re.escape(here)} .*: optree-0.17.0-{other}-.*\.whl\. Pack again for it: gpu_session.py pack --python-version {re.escape(here)}"):
+        gpu_session.main(["run", "--out", str(tmp_path / "out"), "--pack", str(pack), "--work", str(tmp_path / "work")])
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_job_failing_in_the_smoke_pass_stops_the_session_before_any_training(packed, tmp_path):
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), "run", "--out", str(tmp_path / "out"), "--pack", str(packed), "--work", str(tmp_path / "work"),
+         "--recipes", "lenet5_cifar10", "--references", "--smoke-images", "64", "--set", "data.image_size=[8, 8]"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "smoke pass (64 images, 1 epoch, 1 jobs at once): FAILED: lenet5_cifar10 (exit " in done.stdout
+    assert "--- lenet5_cifar10 (smoke_lenet5_cifar10.log):" in done.stdout and "Stopped after the smoke pass: nothing was trained." in done.stdout
+    assert not (tmp_path / "work" / "runs" / "lenet5_cifar10.log").exists() and not (tmp_path / "work" / "probe").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["runs.tar.000"]  # the logs come back
+
+
+def test_the_plan_gives_each_pair_equal_epochs_that_end_before_the_deadline_and_leaves_out_what_does_not_fit():
+    groups = gpu_session.pairs(["vgg16_bn_cifar10", "vgg11_bn_cifar10"], ["vgg16_bn", "vgg11_bn"])
+    assert groups == [("vgg16_bn", ["vgg16_bn_cifar10", "reference_vgg16_bn"]), ("vgg11_bn", ["vgg11_bn_cifar10", "reference_vgg11_bn"])]
+    seconds = {"vgg16_bn_cifar10": 4.0, "reference_vgg16_bn": 3.0, "vgg11_bn_cifar10": 2.5, "reference_vgg11_bn": 2.0}
+    startup = dict.fromkeys(seconds, 20.0)
+    epochs, left_out = gpu_session.plan_epochs(groups, seconds, startup, 400, most=200, least=60, finish=30, safety=1.0)
+    assert epochs == {"vgg16_bn_cifar10": 87, "reference_vgg16_bn": 87, "vgg11_bn_cifar10": 140, "reference_vgg11_bn": 140} and not left_out
+    assert 20 + 87 * 4.0 + 30 <= 400 < 20 + 88 * 4.0 + 30
+    epochs, _ = gpu_session.plan_epochs(groups, seconds, startup, 4000, most=200, least=60, finish=30)
+    assert set(epochs.values()) == {200}
+    epochs, left_out = gpu_session.plan_epochs(groups, {**seconds, "vgg16_bn_cifar10": 6.0}, startup, 400, most=200, least=60, finish=30)
+    assert "vgg16_bn" not in {n.removesuffix("_cifar10").removeprefix("reference_") for n in epochs}
+    assert left_out == {"vgg16_bn": "50 epochs fit before the deadline, fewer than --min-epochs 60"} and epochs["vgg11_bn_cifar10"] == 121
+    epochs, left_out = gpu_session.plan_epochs(groups, {"vgg16_bn_cifar10": 4.0}, startup, 400, most=200, least=60)
+    assert left_out["vgg16_bn"] == "no epoch time measured for reference_vgg16_bn" and "vgg11_bn" in left_out and not epochs
 
 
 def test_unpack_refuses_a_folder_without_parts_or_a_target_in_use(tmp_path):
