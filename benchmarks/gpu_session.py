@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -126,26 +127,35 @@ def install_wheels(wheels, target="/tmp/zoo-site"):
 
 
 class Job:
-    """One training process (its own process group, output in a log file), with the time each epoch line appeared."""
+    """One training process (its own process group, output in a log file); a thread notes the wall-clock time at
+    which each of its `epoch N/M` lines appears, whatever the caller is doing meanwhile."""
 
-    def __init__(self, name, command, log_path, env):
+    def __init__(self, name, command, log_path, env, interval=0.2):
         self.name, self.command, self.log_path = name, command, pathlib.Path(log_path)
         self.log = open(self.log_path, "w")
         self.started = time.time()
         self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
-        self.epoch_ends, self.ended = [], None  # wall-clock times
+        self.epoch_ends, self.ended = [], None
+        self._watcher = threading.Thread(target=self._watch, args=(interval,), daemon=True)
+        self._watcher.start()
 
-    def poll(self):
-        """Record the epoch lines printed since the last call; True while the process runs."""
-        for _ in range(_epochs_done(self.log_path) - len(self.epoch_ends)):
-            self.epoch_ends.append(time.time())
-        running = self.process.poll() is None
-        if not running and self.ended is None:
-            self.ended = time.time()
-        return running
+    def _watch(self, interval):
+        while True:
+            running = self.process.poll() is None
+            for _ in range(_epochs_done(self.log_path) - len(self.epoch_ends)):
+                self.epoch_ends.append(time.time())
+            if not running:
+                self.ended = time.time()
+                return
+            time.sleep(interval)
+
+    @property
+    def running(self):
+        return self.ended is None
 
     def stop(self, grace=30):
-        """SIGTERM to its process group (a run keeps its last backup and best checkpoint), SIGKILL after `grace` s."""
+        """SIGTERM to its process group (a run keeps its last backup and best checkpoint), SIGKILL after `grace` s;
+        at once with grace=0."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM if grace else signal.SIGKILL)
             try:
@@ -153,6 +163,7 @@ class Job:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+        self._watcher.join()
         self.log.close()
 
     def tail(self, lines=12):
@@ -160,11 +171,9 @@ class Job:
 
 
 def _wait(jobs, deadline, until=lambda: False, interval=0.2):
-    """Poll until every job has ended, `until()` holds, or the deadline passes."""
-    while any([job.poll() for job in jobs]) and time.time() < deadline and not until():
+    """Until every job has ended, `until()` holds, or the deadline passes."""
+    while any(job.running for job in jobs) and time.time() < deadline and not until():
         time.sleep(interval)
-    for job in jobs:
-        job.poll()
 
 
 def job_commands(args, data_dir, out_dir, epochs, overrides=()):
@@ -217,62 +226,69 @@ def plan_epochs(groups, epoch_seconds, startup_seconds, seconds_left, *, most, l
     return epochs, left_out
 
 
-def smoke(args, env, data_dir, runs, work):
-    """Every job for one epoch on a few hundred images, in the real environment; the failures, with their logs' ends."""
+def smoke_and_probe(args, env, data_dir, runs, work, steady=3):
+    """The smoke pass (every job for one epoch on a few hundred images, in the real environment) and, started with
+    it, the probe (every job on the full data until each has `steady` epochs with all of them past their first, for
+    the seconds per epoch of all running together and the start-up before the first). Returns their reports; the
+    probe is stopped as soon as the smoke pass fails."""
     started = time.time()
-    overrides = [f"data.limit={args.smoke_images}", f"data.validation_size={max(args.smoke_images // 4, 1)}"]
-    commands = job_commands(args, data_dir, work / "smoke", {**dict.fromkeys(args.recipes, 1), **{f"reference_{m}": 1 for m in args.references}}, overrides)
-    jobs = [Job(name, command, runs / f"smoke_{name}.log", env) for name, command in commands.items()]
-    _wait(jobs, started + args.smoke_seconds)
-    failed = {}
-    for job in jobs:
-        job.stop(grace=0)
-        if job.process.returncode != 0:
-            failed[job.name] = f"exit {job.process.returncode}" if job.ended else f"still running after {args.smoke_seconds:.0f} s"
-    models = sorted(str(p) for p in (work / "smoke").glob("*/model.keras"))
-    if not failed and models:  # the way back: float16 weights of a trained model
-        done = _float16_weights(models, env)
-        if done.returncode != 0:
-            failed["float16 weights"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
-    finish = {job.name: round(job.ended - job.epoch_ends[-1], 1) for job in jobs if job.epoch_ends and job.ended}
-    report = {"seconds": round(time.time() - started, 1), "images": args.smoke_images, "failed": failed, "finish_seconds": finish}
-    print(f"smoke pass ({args.smoke_images} images, 1 epoch, {len(jobs)} jobs at once): "
-          f"{'all passed' if not failed else 'FAILED: ' + ', '.join(f'{k} ({v})' for k, v in failed.items())} in {report['seconds']:.0f} s", flush=True)
-    for job in jobs:
-        if job.name in failed:
-            print(f"--- {job.name} ({job.log_path.name}):\n{job.tail()}", flush=True)
-    return report
-
-
-def probe(args, env, data_dir, runs, work, steady=3):
-    """All jobs at once on the full data until each has `steady` epochs with all of them past their first epoch;
-    the seconds per epoch (all running together) and the start-up before the first epoch, per job."""
-    started = time.time()
-    names = [n for _, group in pairs(args.recipes, args.references) for n in group]
-    commands = job_commands(args, data_dir, work / "probe", dict.fromkeys(names, PROBE_EPOCHS))  # stopped long before
-    jobs = [Job(name, command, runs / f"probe_{name}.log", env) for name, command in commands.items()]
+    groups = pairs(args.recipes, args.references)
+    names = [n for _, group in groups for n in group]
+    smoke_jobs, probe_jobs, reports = [], [], {}
+    if args.smoke_images:
+        overrides = [f"data.limit={args.smoke_images}", f"data.validation_size={max(args.smoke_images // 4, 1)}"]
+        commands = job_commands(args, data_dir, work / "smoke", dict.fromkeys(names, 1), overrides)
+        smoke_jobs = [Job(name, command, runs / f"smoke_{name}.log", env) for name, command in commands.items()]
+    if args.epochs == "auto":
+        commands = job_commands(args, data_dir, work / "probe", dict.fromkeys(names, PROBE_EPOCHS))  # stopped long before
+        probe_jobs = [Job(name, command, runs / f"probe_{name}.log", env) for name, command in commands.items()]
+    if smoke_jobs:
+        _wait(smoke_jobs, started + args.smoke_seconds)
+        failed = {}
+        for job in smoke_jobs:
+            job.stop(grace=0)
+            if job.process.returncode != 0:
+                failed[job.name] = f"exit {job.process.returncode}" if job.ended else f"still running after {args.smoke_seconds:.0f} s"
+        models = sorted(str(p) for p in (work / "smoke").glob("*/model.keras"))
+        if not failed and models:  # the way back: float16 weights of a trained model
+            done = _float16_weights(models, env)
+            if done.returncode != 0:
+                failed["float16 weights"] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        finish = {job.name: round(job.ended - job.epoch_ends[-1], 1) for job in smoke_jobs if job.epoch_ends and job.ended}
+        reports["smoke"] = {"seconds": round(time.time() - started, 1), "images": args.smoke_images, "failed": failed, "finish_seconds": finish}
+        print(f"smoke pass ({args.smoke_images} images, 1 epoch, {len(smoke_jobs)} jobs at once): "
+              f"{'all passed' if not failed else 'FAILED: ' + ', '.join(f'{k} ({v})' for k, v in failed.items())} in {reports['smoke']['seconds']:.0f} s", flush=True)
+        for job in smoke_jobs:
+            if job.name in failed:
+                print(f"--- {job.name} ({job.log_path.name}):\n{job.tail()}", flush=True)
+        if failed:
+            for job in probe_jobs:
+                job.stop(grace=0)
+            return reports
+    if not probe_jobs:
+        return reports
 
     def all_running_since():
-        return max(job.epoch_ends[0] for job in jobs) if all(job.epoch_ends for job in jobs) else None
+        return max(job.epoch_ends[0] for job in probe_jobs) if all(job.epoch_ends for job in probe_jobs) else None
 
     def measured():
         since = all_running_since()
-        return since is not None and all(sum(t > since for t in job.epoch_ends) > steady for job in jobs)
+        return since is not None and all(sum(t > since for t in job.epoch_ends) >= steady for job in probe_jobs)
 
-    _wait(jobs, started + args.probe_seconds, until=measured)
+    _wait(probe_jobs, started + args.probe_seconds, until=measured)
     since = all_running_since()
     epoch_seconds, startup_seconds = {}, {}
-    for job in jobs:
+    for job in probe_jobs:
         job.stop(grace=0)
         ends = [t for t in job.epoch_ends if since is None or t >= since]
         if len(ends) >= 2:  # epoch lines while all jobs ran: (last - first) / epochs between them
             epoch_seconds[job.name] = round((ends[-1] - ends[0]) / (len(ends) - 1), 3)
             startup_seconds[job.name] = round(max(job.epoch_ends[0] - job.started - epoch_seconds[job.name], 0.0), 1)
-    report = {"seconds": round(time.time() - started, 1), "epoch_seconds": epoch_seconds, "startup_seconds": startup_seconds,
-              "epochs_seen": {job.name: len(job.epoch_ends) for job in jobs}}
-    print(f"probe ({len(jobs)} jobs at once, full data, {report['seconds']:.0f} s): seconds per epoch "
+    reports["probe"] = {"seconds": round(time.time() - started, 1), "epoch_seconds": epoch_seconds, "startup_seconds": startup_seconds,
+                        "epochs_seen": {job.name: len(job.epoch_ends) for job in probe_jobs}}
+    print(f"probe ({len(probe_jobs)} jobs at once, full data, {reports['probe']['seconds']:.0f} s): seconds per epoch "
           + ", ".join(f"{n} {s:.2f}" for n, s in epoch_seconds.items()) + "; start-up " + ", ".join(f"{n} {s:.0f} s" for n, s in startup_seconds.items()), flush=True)
-    return report
+    return reports
 
 
 def speed(args, env, runs, deadline):
@@ -325,13 +341,12 @@ def run(args):
             raise SystemExit(code)
 
     groups = pairs(args.recipes, args.references)
-    if args.smoke_images:
-        summary["smoke"] = smoke(args, env, data_dir, runs, work)
-        if summary["smoke"]["failed"]:
-            print("Stopped after the smoke pass: nothing was trained. Fix what failed (logs above and in smoke_*.log).", flush=True)
-            return finish(1)
+    summary.update(smoke_and_probe(args, env, data_dir, runs, work))
+    if summary.get("smoke", {}).get("failed"):
+        print("Stopped after the smoke pass: nothing was trained. Fix what failed (logs above and in smoke_*.log).", flush=True)
+        return finish(1)
     if args.epochs == "auto":
-        summary["probe"] = measured = probe(args, env, data_dir, runs, work)
+        measured = summary["probe"]
         speed_reserve = args.speed_seconds if args.speed else 0
         finish_seconds = max([30.0, *(1.5 * s for s in summary.get("smoke", {}).get("finish_seconds", {}).values())])
         epochs, left_out = plan_epochs(
@@ -348,7 +363,7 @@ def run(args):
     print(f"started {', '.join(commands) or 'nothing'} ({time.time() - started:.0f} s)", flush=True)
     _wait(jobs, deadline)  # a run that overruns the plan keeps going into the speed reserve: it is worth more
     for job in jobs:
-        running = job.process.poll() is None
+        running = job.running
         job.stop()
         if running:
             summary["jobs"][job.name] = f"stopped at the deadline after {_epochs_done(job.log_path)} epochs"
@@ -456,7 +471,7 @@ def main(argv=None):
     p.add_argument("--epochs", default="auto", type=_epochs_arg,
                    help="auto (default): time an epoch of every job running together, then give each model's pair the most epochs that end before the deadline; or a number for all")
     p.add_argument("--max-epochs", type=int, default=200, help="with --epochs auto: at most this many (default: 200, the peers' schedule)")
-    p.add_argument("--min-epochs", type=int, default=60, help="with --epochs auto: a model's pair that cannot reach this many is left out (default: 60, today's releases)")
+    p.add_argument("--min-epochs", type=int, default=30, help="with --epochs auto: a model's pair that cannot reach this many is left out (default: 30)")
     p.add_argument("--recipes", nargs="*", default=["vgg16_bn_cifar10", "vgg11_bn_cifar10"], help="in order of value: the first gets its place first")
     p.add_argument("--references", nargs="*", default=["vgg16_bn", "vgg11_bn"], help="models trained by torch_reference.py")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for every run (the references use the data.* keys)")
@@ -468,7 +483,7 @@ def main(argv=None):
     p.add_argument("--smoke-seconds", type=float, default=240, help="a smoke job still running after this long counts as failed")
     p.add_argument("--probe-seconds", type=float, default=150, help="with --epochs auto: the longest the epoch timing may take")
     p.add_argument("--speed", action="store_true", help="after the trainings, measure the training step with train_speed.py in the time left")
-    p.add_argument("--speed-seconds", type=float, default=60, help="with --speed and --epochs auto: kept free of training for it")
+    p.add_argument("--speed-seconds", type=float, default=0, help="with --speed and --epochs auto: kept free of training for it (default: 0, it takes what the trainings leave)")
     p.add_argument("--speed-only", nargs="*", default=["zoo train", "compiled", "PyTorch bf16"], help="train_speed.py --only: the configurations to measure, most telling first")
     p.add_argument("--speed-models", nargs="*", default=["vgg16_bn"])
     p.add_argument("--speed-repeats", type=int, default=1)

@@ -113,7 +113,7 @@ def test_a_job_failing_in_the_smoke_pass_stops_the_session_before_any_training(p
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "smoke pass (64 images, 1 epoch, 1 jobs at once): FAILED: lenet5_cifar10 (exit " in done.stdout
     assert "--- lenet5_cifar10 (smoke_lenet5_cifar10.log):" in done.stdout and "Stopped after the smoke pass: nothing was trained." in done.stdout
-    assert not (tmp_path / "work" / "runs" / "lenet5_cifar10.log").exists() and not (tmp_path / "work" / "probe").exists()
+    assert not (tmp_path / "work" / "runs" / "lenet5_cifar10.log").exists() and not (tmp_path / "work" / "runs" / "lenet5_cifar10").exists()
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["runs.tar.000"]  # the logs come back
 
 
