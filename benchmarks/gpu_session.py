@@ -246,9 +246,12 @@ def smoke_and_probe(args, env, data_dir, runs, work, steady=3):
         _wait(smoke_jobs, started + args.smoke_seconds)
         failed = {}
         for job in smoke_jobs:
+            overran = job.running
             job.stop(grace=0)
-            if job.process.returncode != 0:
-                failed[job.name] = f"exit {job.process.returncode}" if job.ended else f"still running after {args.smoke_seconds:.0f} s"
+            if overran:
+                failed[job.name] = f"still running after {args.smoke_seconds:.0f} s"
+            elif job.process.returncode != 0:
+                failed[job.name] = f"exit {job.process.returncode}"
         models = sorted(str(p) for p in (work / "smoke").glob("*/model.keras"))
         if not failed and models:  # the way back: float16 weights of a trained model
             done = _float16_weights(models, env)
@@ -281,7 +284,9 @@ def smoke_and_probe(args, env, data_dir, runs, work, steady=3):
     for job in probe_jobs:
         job.stop(grace=0)
         ends = [t for t in job.epoch_ends if since is None or t >= since]
-        if len(ends) >= 2:  # epoch lines while all jobs ran: (last - first) / epochs between them
+        if len(ends) < 2:  # not enough while all ran (the probe's time ran out): its own epochs after its first
+            ends = job.epoch_ends
+        if len(ends) >= 2:  # (last - first) / epochs between them
             epoch_seconds[job.name] = round((ends[-1] - ends[0]) / (len(ends) - 1), 3)
             startup_seconds[job.name] = round(max(job.epoch_ends[0] - job.started - epoch_seconds[job.name], 0.0), 1)
     reports["probe"] = {"seconds": round(time.time() - started, 1), "epoch_seconds": epoch_seconds, "startup_seconds": startup_seconds,
@@ -481,7 +486,7 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the references")
     p.add_argument("--smoke-images", type=int, default=512, help="first run every job for one epoch on this many images, and stop if any fails (0: no smoke pass)")
     p.add_argument("--smoke-seconds", type=float, default=240, help="a smoke job still running after this long counts as failed")
-    p.add_argument("--probe-seconds", type=float, default=150, help="with --epochs auto: the longest the epoch timing may take")
+    p.add_argument("--probe-seconds", type=float, default=180, help="with --epochs auto: the longest the epoch timing may take")
     p.add_argument("--speed", action="store_true", help="after the trainings, measure the training step with train_speed.py in the time left")
     p.add_argument("--speed-seconds", type=float, default=0, help="with --speed and --epochs auto: kept free of training for it (default: 0, it takes what the trainings leave)")
     p.add_argument("--speed-only", nargs="*", default=["zoo train", "compiled", "PyTorch bf16"], help="train_speed.py --only: the configurations to measure, most telling first")

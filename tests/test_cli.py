@@ -122,3 +122,28 @@ def test_the_files_and_recipes_readme_commands_name_exist(cifar10_dir):
             for word in words:
                 if word.endswith((".jpg", ".png", ".toml")) or word.startswith("../shared/"):
                     assert word in made or (ROOT / word).exists(), f"README names {word}, which does not exist"
+
+
+def test_version_and_the_shipped_recipes_are_one_command_away(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and re.fullmatch(r"zoo \d+\.\d+\.\d+\n", capsys.readouterr().out)
+    assert main(["list", "--recipes"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^lenet5_cifar10 +LeNet-5", out, re.M) and re.search(r"^vgg16_bn_cifar10 +VGG16-BN on CIFAR-10", out, re.M)
+    assert main(["list", "--recipes", "vgg*"]) == 0
+    assert [r.split()[0] for r in capsys.readouterr().out.splitlines()[2:]] == ["vgg11_bn_cifar10", "vgg11_bn_finetune", "vgg16_bn_cifar10"]
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    from zoo.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    silent = [f"zoo {name} {'/'.join(a.option_strings) or a.dest}" for name, parser in commands.items() for a in parser._actions if not a.help]
+    assert not silent, silent
+
+
+def test_an_unknown_tag_is_told_in_the_commands_own_words(capsys):
+    assert main(["eval", "lenet5", "--weights", "imagenet", "--data-dir", "nowhere"]) == 2
+    err = capsys.readouterr().err
+    assert "Pass --weights none for a random initialisation" in err and "Received: --weights imagenet" in err and "weights=None" not in err

@@ -258,10 +258,11 @@ def test_bench_cli_times_every_variant_and_keras(lenet_export, capsys):
     assert result["num_threads"] == 1 and result["runs"] == 100
 
 
-def test_export_cli_with_real_calibration_data(small_cifar10, lenet, tmp_path, capsys):
+def test_export_cli_with_real_calibration_data(small_cifar10, lenet, tmp_path, monkeypatch, capsys):
     model_path = tmp_path / "lenet.keras"
     lenet.save(model_path)
     out = tmp_path / "export"
+    out.mkdir()  # an empty folder needs no --overwrite
     code = main(["export", str(model_path), "--out", str(out), "--quantize", "float32,dynamic",
                  "--calibration-data", str(small_cifar10), "--verify-images", "100"])
     assert code == 0, capsys.readouterr().err
@@ -270,6 +271,19 @@ def test_export_cli_with_real_calibration_data(small_cifar10, lenet, tmp_path, c
     assert (out / "labels.txt").read_text().splitlines()[3] == "cat"
     assert main(["export", str(model_path), "--out", str(out)]) == 2
     assert "exists. Use --overwrite" in capsys.readouterr().err
+    # --overwrite replaces an earlier export only: never a user's folder, nor the current one.
+    mine = tmp_path / "mywork"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert main(["export", str(model_path), "--out", str(mine), "--overwrite"]) == 2
+    assert "holds files that zoo export did not write: --overwrite replaces only an earlier zoo export output" in capsys.readouterr().err
+    monkeypatch.chdir(mine)
+    for here in (".", str(mine), ".."):
+        assert main(["export", str(model_path), "--out", here, "--overwrite"]) == 2
+        assert f"--out {here} is the current folder" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert main(["export", str(model_path), "--out", str(out), "--quantize", "float32", "--formats", "tflite", "--no-verify", "--overwrite"]) == 0
+    assert list(json.loads((out / "export.json").read_text())["variants"]) == ["float32"]
 
 
 def test_export_under_another_backend_says_to_use_tensorflow(lenet, tmp_path, monkeypatch, capsys):

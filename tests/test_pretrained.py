@@ -14,6 +14,7 @@ from zoo.data import load_image_folder_split
 from zoo.evaluation import evaluate, probabilities
 from zoo.export import TFLiteModel
 from zoo.files import sha256
+from zoo.recipe import tomllib
 from zoo.release import CHECK_STEP, update_results_table
 
 from conftest import ROOT, link_subset
@@ -69,6 +70,14 @@ def test_which_releases_meet_their_targets():
     """The issue's targets, as a record: LeNet-5 and AlexNet-lite meet theirs (VGG see the README)."""
     met = {name: pretrained.card(name, "cifar10")["accuracy"]["test_top1"] >= TARGETS[name] for name in RELEASED}
     assert met["lenet5"] and met["alexnet_lite"]
+
+
+def test_no_released_file_holds_a_path_of_the_machine_that_made_it():
+    found = []
+    for path in sorted((ROOT / "saved_models").rglob("*")):
+        if path.is_file() and path.suffix in (".toml", ".json", ".md", ".txt"):
+            found += [f"{path.relative_to(ROOT)}: {m}" for m in re.findall(r"(?<![\w.:/~])/(?:tmp|home|root|work|Users|mnt|var|opt|data)/[^\s\"']*", path.read_text())]
+    assert not found, found
 
 
 def test_saved_models_stay_under_100_mib():
@@ -136,7 +145,12 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     card = json.loads((folder / "model_card.json").read_text())
     assert card["model"] == "lenet5" and card["weights"] == "tiny" and card["training"]["epochs"] == 1
     assert {"model.weights.h5", "model_int8.tflite", "export.json", "labels.txt", "recipe.toml", "README.md"} <= set(card["files"])
-    assert card["recipe"]["sha256"] == sha256(tmp_path / "run" / "recipe.toml")
+    # The recipe ships without the training machine's paths, and is otherwise the run's.
+    assert card["recipe"]["sha256"] == sha256(folder / "recipe.toml")
+    run_recipe, shipped = (tomllib.loads(p.read_text()) for p in (tmp_path / "run" / "recipe.toml", folder / "recipe.toml"))
+    assert run_recipe["data"]["data_dir"] == str(small_cifar10) and shipped == {**run_recipe, "data": {**run_recipe["data"], "data_dir": ""}}
+    assert str(small_cifar10) not in "".join(p.read_text(errors="replace") for p in folder.iterdir() if p.suffix in (".toml", ".json", ".md", ".txt"))
+    assert card["data"]["test"] == f"the image folders {small_cifar10.name}/test (500 images)"
     test, _ = load_image_folder_split(small_cifar10, "test", (32, 32))
     model = lenet5(weights="tiny")
     accuracy = float((probabilities(model, test.images).argmax(1) == test.labels).mean())

@@ -203,6 +203,7 @@ def test_a_run_that_failed_before_its_first_epoch_leaves_nothing_and_does_not_bl
     assert main(typo) == 2
     assert f"No such data folder: {tmp_path / 'typo'}" in capsys.readouterr().err
     assert not run_dir.exists(), "nothing is made for a run that cannot start"
+    assert not list(tmp_path.glob(".*.lock")), "the lock goes with the command that took it"
     run_dir.mkdir()  # as a kill -9 before the first backup leaves it: the recipe of that attempt only
     (run_dir / "recipe.toml").write_text(recipes.to_toml(recipes.load("lenet5_cifar10", ["optimizer.learning_rate=0.5"])))
     assert main(args) == 0
@@ -213,6 +214,30 @@ def test_a_run_that_failed_before_its_first_epoch_leaves_nothing_and_does_not_bl
     assert re.search(r"^test accuracy \d\.\d{4} \(loss ", out, re.M)  # without TTA
     assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == str(small_cifar10)
     assert json.loads((run_dir / "results.json").read_text())["resumed_from_epoch"] == []
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+def test_a_lock_is_removed_by_its_holder_and_never_held_twice(tmp_path):
+    from zoo.files import LockedError, exclusive_lock
+
+    lock = tmp_path / ".run.lock"
+    with exclusive_lock(lock):
+        assert lock.read_text() == f"{os.getpid()}\n"
+        with pytest.raises(LockedError):
+            with exclusive_lock(lock):
+                pass
+    assert not lock.exists()
+    # A process that opened the file just before its holder removed it takes a new one, not the removed one.
+    stale = open(lock, "a+")
+    lock.unlink()
+    with exclusive_lock(lock):
+        import fcntl
+
+        fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old inode is free: nobody holds it
+        with pytest.raises(LockedError):
+            with exclusive_lock(lock):
+                pass
+    stale.close()
 
 
 def test_a_run_resumes_after_its_data_moved_or_its_notes_changed_but_not_with_other_settings(tmp_path):

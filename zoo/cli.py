@@ -2,14 +2,17 @@
 
 import argparse
 import contextlib
+import fnmatch
 import os
 import pathlib
+import re
 import sys
 import tempfile
 
 import numpy as np
 
 from zoo.backends import BACKENDS, choose as choose_backend
+from zoo.files import check_output_folder
 
 # TensorFlow's start-up lines on a machine without a GPU (or without AVX flags compiled in).
 # They are printed by C++ before Python's logging exists; any other line still reaches stderr.
@@ -103,6 +106,12 @@ def _released(info, details=False):
 def cmd_list(args):
     from zoo.models import list_models, model_info
 
+    if args.recipes:
+        from zoo import recipe as recipes
+
+        names = [n for n in recipes.available() if not args.include or any(fnmatch.fnmatch(n, p) for p in args.include)]
+        print(_table([(n, recipes.load(n)["description"]) for n in names], ("recipe", "description")))
+        return
     rows = []
     for name in list_models(args.include, args.exclude, pretrained=args.pretrained):
         info = model_info(name)
@@ -234,8 +243,7 @@ def cmd_export(args):
 
     formats = _csv(args.formats)
     quantize = _csv(args.quantize)
-    if os.path.exists(args.out) and not args.overwrite:
-        raise FileExistsError(f"Output folder {args.out} exists. Use --overwrite to replace it (it is kept if the export fails).")
+    check_output_folder(args.out, args.overwrite, "export")  # before the model loads
     model, class_names = load_model(args.model, weights=args.weights)
     calibration = verification = labels = None
     if args.calibration_data:
@@ -359,14 +367,34 @@ def _add_model_arguments(parser, other_kinds=""):
     parser.add_argument("--weights", help="for a model name: released weights (e.g. cifar10, see zoo list --pretrained) or a weights file")
 
 
+def _as_cli_options(message):
+    """The Python API's `weights=...` in an error message, as the command line spells it."""
+    message = message.replace("Pass weights=None", "Pass --weights none")
+    return re.sub(r"Received: weights=(['\"])(.*?)\1", r"Received: --weights \2", message)
+
+
+def _version():
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("zoo")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown (not installed)"
+
+
+TFDS_DATA_DIR_HELP = "where tensorflow-datasets keeps its downloads (default: its own, ~/tensorflow_datasets)"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="zoo", description="A Keras 3 model zoo for image classification.")
+    parser.add_argument("--version", action="version", version=f"zoo {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("list", help="list the registered models")
     p.add_argument("include", nargs="*", help="fnmatch patterns to keep, e.g. 'vgg*'")
     p.add_argument("--exclude", nargs="+", help="fnmatch patterns to drop")
     p.add_argument("--pretrained", action="store_true", help="only models with released weights")
+    p.add_argument("--recipes", action="store_true", help="the shipped training recipes (names for zoo train) instead of models")
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("info", help="parameters, MACs and the layer table of a model; or what a .tflite file carries")
@@ -374,9 +402,9 @@ def build_parser():
     p.set_defaults(func=cmd_info)
 
     p = commands.add_parser("train", help="train a recipe into a run folder (re-run to resume)")
-    p.add_argument("recipe", help="a shipped recipe name (see recipes/) or a path to a .toml recipe")
+    p.add_argument("recipe", help="a shipped recipe name (see zoo list --recipes) or a path to a .toml recipe")
     p.add_argument("--data-dir", help="image folders DIR/train/<class>/*, DIR/test/<class>/* instead of tensorflow-datasets")
-    p.add_argument("--tfds-data-dir", help="where tensorflow-datasets keeps its data")
+    p.add_argument("--tfds-data-dir", help=TFDS_DATA_DIR_HELP)
     p.add_argument("--epochs", type=_positive_int, help="override training.epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. optimizer.learning_rate=0.05")
     p.add_argument("--out", help="run folder (default: runs/<recipe>)")
@@ -403,7 +431,7 @@ def build_parser():
     _add_model_arguments(p)
     p.add_argument("--data-dir", help="image folders (the test/ split is evaluated)")
     p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir (default: cifar10)")
-    p.add_argument("--tfds-data-dir")
+    p.add_argument("--tfds-data-dir", help=TFDS_DATA_DIR_HELP)
     p.add_argument("--limit", type=_positive_int, help="evaluate only this many test images")
     p.add_argument("--tta-flip", action="store_true", help="average with the mirrored images")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -415,8 +443,8 @@ def build_parser():
     p.add_argument("--formats", default="saved_model,tflite", help="comma-separated: saved_model, tflite, web (a page classifying images in the browser)")
     p.add_argument("--quantize", default="float32,float16,dynamic,int8", help="comma-separated TFLite variants")
     p.add_argument("--calibration-data", help="image folders: train/ calibrates int8, test/ verifies every variant")
-    p.add_argument("--calibration-images", type=_positive_int, default=300)
-    p.add_argument("--verify-images", type=_positive_int, default=1000)
+    p.add_argument("--calibration-images", type=_positive_int, default=300, help="training images that calibrate int8 (default: 300)")
+    p.add_argument("--verify-images", type=_positive_int, default=1000, help="test images each variant is checked on against the Keras model (default: 1000)")
     p.add_argument("--no-verify", action="store_true", help="write the export even if a variant misses its bounds (figures are still recorded)")
     p.add_argument("--overwrite", action="store_true", help="replace --out (kept if the export fails)")
     p.set_defaults(func=cmd_export)
@@ -425,7 +453,7 @@ def build_parser():
     p.add_argument("run", help="a finished run folder, e.g. runs/vgg16_bn_cifar10; or a release folder, to re-export its TFLite files (with --overwrite)")
     p.add_argument("--data-dir", help="image folders: train/ calibrates int8, test/ is evaluated")
     p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir")
-    p.add_argument("--tfds-data-dir")
+    p.add_argument("--tfds-data-dir", help=TFDS_DATA_DIR_HELP)
     p.add_argument("--tag", default="cifar10", help="the weights tag users pass as weights=TAG (default: cifar10)")
     p.add_argument("--out", help="release folder (default: saved_models/<model>_<tag>)")
     p.add_argument("--quantize", default="int8", help="comma-separated TFLite variants to ship (default: int8)")
@@ -446,7 +474,7 @@ def build_parser():
     p = commands.add_parser("predict", help="top-k classes of images with a TFLite, SavedModel or Keras model")
     _add_model_arguments(p, "a .tflite file, a SavedModel folder, ")
     p.add_argument("images", nargs="+", help="image files or folders of them (any common format; resized to the model input)")
-    p.add_argument("--top", type=_positive_int, default=5)
+    p.add_argument("--top", type=_positive_int, default=5, help="how many of the most probable classes to show per image (default: 5)")
     p.add_argument("--labels", help="class names, one per line (default: labels.txt beside the model)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_predict)
@@ -478,7 +506,7 @@ def main(argv=None):
             args.func(args)
         sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
-        print(f"zoo {args.command}: error: {e}", file=sys.stderr)
+        print(f"zoo {args.command}: error: {_as_cli_options(str(e))}", file=sys.stderr)
         return 2
     except CommandFailed as e:
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)

@@ -25,7 +25,7 @@ import keras
 
 from zoo import mobile, web
 from zoo.evaluation import outputs_probabilities, probabilities
-from zoo.files import sha256, staged_folder
+from zoo.files import check_output_folder, sha256, staged_folder
 from zoo.loading import find_labels, load_keras_file, load_model
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -304,8 +304,7 @@ def export_model(
     web.check_request(formats, quantize)
     if "tflite" in formats:
         mobile.require_mediapipe()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"Output folder {out} exists. Use --overwrite to replace it (it is kept if the export fails).")
+    check_output_folder(out, overwrite, "export")
     model = float32_model(model)
     if "tflite" in formats and "int8" in quantize:
         _check_calibration(model, calibration)

@@ -58,6 +58,34 @@ def staged_folder(out):
         raise
 
 
+# What marks a folder as one that `zoo <command>` wrote, so that --overwrite may replace it.
+WRITTEN_BY = {
+    "export": lambda folder: (folder / "export.json").is_file(),
+    "release": lambda folder: (folder / "model_card.json").is_file(),
+    "viz": lambda folder: (folder / "index.html").is_file() and ": inside the network</title>" in (folder / "index.html").read_text(errors="replace"),
+}
+
+
+def check_output_folder(out, overwrite, command, what="Output folder"):
+    """Before any work: `out` may be written by `zoo <command>` if it is new, an empty folder, or, with
+    `overwrite`, a folder that such a command wrote; never the current folder or one holding it."""
+    out = pathlib.Path(out)
+    here = pathlib.Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise ValueError(f"--out {out} is the current folder{'' if out.resolve() == here else ' or holds it'}: name a new folder for the output, e.g. --out {command}_out.")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{what} {out} is a file: name a folder.")
+    if not overwrite:
+        raise FileExistsError(f"{what} {out} exists. Use --overwrite to replace it (it is kept if the {command} fails).")
+    if not WRITTEN_BY[command](out):
+        raise FileExistsError(
+            f"{what} {out} holds files that zoo {command} did not write: --overwrite replaces only an earlier "
+            f"zoo {command} output, never other folders. Name a new folder."
+        )
+
+
 def replace_folder(staging, out):
     """Replace `out` by `staging` (a `tempfile.mkdtemp` folder, made world-readable like any new
     folder), keeping the old folder until the new one is in place."""
@@ -79,7 +107,9 @@ class LockedError(FileExistsError):
 @contextlib.contextmanager
 def exclusive_lock(path):
     """Hold an exclusive lock on the file `path` (made if needed) for the block, or raise LockedError
-    naming the process that holds it. The system drops the lock with its process, even on `kill -9`."""
+    naming the process that holds it. The system drops the lock with its process, even on `kill -9`;
+    the file is removed when the block ends (a process that opened it meanwhile sees it gone and
+    takes a new one, so two holders never coexist)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks, so no check
@@ -87,17 +117,30 @@ def exclusive_lock(path):
         return
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    while True:
+        f = open(path, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            raise LockedError(f"{path} is held by process {f.read().strip() or '?'}") from None
+            holder = f.read().strip() or "?"
+            f.close()
+            raise LockedError(f"{path} is held by process {holder}") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        f.close()  # its holder removed it between our open and our lock: take the new one
+    try:
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
         f.flush()
         yield
+    finally:
+        path.unlink(missing_ok=True)  # while still holding it
+        f.close()
 
 
 def sha256(path, chunk=1 << 20):

@@ -15,12 +15,14 @@ import shutil
 
 import numpy as np
 
+from zoo.recipe import tomllib
+
 import zoo
 from zoo import pretrained
 from zoo.data import is_single_folder, load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
 from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model, require_tensorflow_backend
-from zoo.files import BUNDLED, save_float16_weights, sha256, staged_folder
+from zoo.files import BUNDLED, check_output_folder, save_float16_weights, sha256, staged_folder
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
 from zoo.models.base import count_macs, options_of
@@ -66,8 +68,7 @@ def release(
             "Release into a source checkout (pip install -e), or pass --out (and ZOO_SAVED_MODELS to load from there)."
         )
     out = pathlib.Path(out) if out else pretrained.saved_models_dir() / f"{name}_{tag}"
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"Release folder {out} exists. Use --overwrite to replace it (it is kept if the release fails).")
+    check_output_folder(out, overwrite, "release", what="Release folder")
 
     trained = float32_model(load_keras_file(run_dir / "model.keras"))
     options = options_of(trained)
@@ -90,7 +91,7 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
     model = get_model(name, weights=str(folder / "model.weights.h5"), **options)  # what users will load
     plain = evaluate(model, test, class_names)
     tta = evaluate(model, test, class_names, tta_flip=True)
-    shutil.copy(run_dir / "recipe.toml", folder / "recipe.toml")
+    (folder / "recipe.toml").write_text(portable_recipe((run_dir / "recipe.toml").read_text(), test_description))
     card = {
         "name": f"{name}_{tag}",
         "model": name,
@@ -213,9 +214,27 @@ def _release_data(data_dir, tfds_data_dir, source, image_size, channels, split=N
     if data_dir:
         train, class_names = load_image_folder_split(data_dir, "train", image_size, channels)
         test, _ = load_image_folder_split(data_dir, "test", image_size, channels)
-        return train, test, class_names, str(pathlib.Path(data_dir).resolve() / "test")
+        return train, test, class_names, f"the image folders {pathlib.Path(data_dir).resolve().name}/test ({len(test):,} images)"
     dataset = load_dataset(source, tfds_data_dir=tfds_data_dir, image_size=image_size, channels=channels, validation_size=0)
     return dataset.train, dataset.test, dataset.class_names, f"{dataset.source} test"
+
+
+MACHINE_PATHS = ("data_dir", "tfds_data_dir")  # [data] keys that hold a path of the machine that trained
+
+
+def portable_recipe(text, data_note):
+    """The run's recipe as it ships: the training machine's data paths emptied (a note says what the data was),
+    everything else, comments included, as it was."""
+    lines, section = [], None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            section = stripped.strip("[]").strip()
+        key = stripped.split("=", 1)[0].strip() if "=" in stripped and not stripped.startswith("#") else None
+        if section == "data" and key in MACHINE_PATHS and tomllib.loads(stripped)[key]:
+            line = f'{key} = ""  # the training machine\'s path, left out (data: {data_note}); give yours with --data-dir'
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def write_card(folder, card):

@@ -19,7 +19,7 @@ import numpy as np
 import keras
 
 from zoo.data import read_image
-from zoo.files import staged_folder
+from zoo.files import check_output_folder, staged_folder
 from zoo.plots import pyplot
 
 BLOCK_NAME = re.compile(r"^(block\d+)_")
@@ -244,8 +244,7 @@ def report(model, out, *, image=None, image_name="image", class_names=None, laye
     (it is replaced only once everything was drawn).
     """
     out = pathlib.Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"Output folder {out} exists. Use --overwrite to replace it.")
+    check_output_folder(out, overwrite, "viz")
     names = block_layers(model, layer_names)  # errors before any drawing
     if image is not None:
         _batch(model, image)

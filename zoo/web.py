@@ -24,7 +24,7 @@ TASKS_VISION_VERSION = "1.1.0"
 # What the page loads: the ES module bundle, and the WebAssembly runtime in its SIMD and no-SIMD builds
 # (FilesetResolver picks the one the browser supports).
 BUNDLE_FILES = (
-    "vision_bundle.mjs", "package.json", "README.md",
+    "vision_bundle.mjs", "package.json",
     "wasm/vision_wasm_internal.js", "wasm/vision_wasm_internal.wasm",
     "wasm/vision_wasm_nosimd_internal.js", "wasm/vision_wasm_nosimd_internal.wasm",
 )
