@@ -43,7 +43,7 @@ MOVED_LIMIT = 64 * 2**20  # what travels to the lease: the tree and the carried 
 WHEELS = ("keras", "namex", "optree")
 PROBE_EPOCHS = 1000
 REFERENCE_BATCH = 256  # torch_reference.py's default, the peers' batch
-KEPT = ("recipe.toml", "results.json", "history.csv", "state.json", "*.png", "*.log")
+KEPT = ("recipe.toml", "labels.txt", "results.json", "history.csv", "state.json", "*.png", "*.log")
 
 
 def pack(data_dir, dest=PACK, wheels=True, python_version="3.12"):

@@ -20,6 +20,8 @@ from zoo import distribute
 from zoo import recipe as recipes
 from zoo.cli import main
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,6 +73,22 @@ def trained_run(small_cifar10, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run") / "lenet5"
     assert main([*quick_args(small_cifar10, run_dir, epochs=2, limit=0)]) == 0
     return run_dir
+
+
+def test_an_unfinished_run_says_so_and_names_its_classes(trained_run, small_cifar10, tmp_path, capsys):
+    run = tmp_path / "unfinished"
+    shutil.copytree(trained_run, run)
+    (run / "results.json").unlink()  # as while it trains, or after a stop: its best checkpoint so far
+    (run / "state.json").write_text(json.dumps({**json.loads((run / "state.json").read_text()), "epoch": 1}))
+    assert (run / "labels.txt").read_text().splitlines()[3] == "cat"
+    image = next((small_cifar10 / "test" / "cat").iterdir())
+    assert main(["predict", str(run), str(image), "--top", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: run not finished (epoch 1/2): using its best checkpoint so far" in err
+    names = [line.split()[1] for line in out.splitlines()[1:]]
+    assert len(names) == 2 and set(names) <= set(CIFAR10_CLASSES)
+    assert main(["predict", str(trained_run), str(image)]) == 0
+    assert "not finished" not in capsys.readouterr().err
 
 
 def test_real_data_smoke_run_writes_a_complete_run_folder(trained_run):
@@ -433,6 +451,8 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from zoo import distribute
 from zoo.cli import main
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 replicas = distribute.setup("mirrored").replicas
 assert replicas == 2, replicas
 raise SystemExit(main({[*quick_args(small_cifar10, tmp_path / "mirrored", epochs=1, limit=1000), "--strategy", "mirrored"]!r}))
@@ -559,6 +579,8 @@ class NoTensorFlow:  # as on the GPU machines, which have JAX but no TensorFlow
 sys.meta_path.insert(0, NoTensorFlow())
 from zoo import distribute
 from zoo.cli import main
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 code = main({[*quick_args(small_cifar10, tmp_path / "jax", epochs=2), "--set", "data.batch_size=64", "--strategy", "mirrored"]!r})
 assert "tensorflow" not in sys.modules
 raise SystemExit(code)

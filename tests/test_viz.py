@@ -61,6 +61,27 @@ def test_grad_cam_peaks_where_the_evidence_is():
         assert inside > 2 * cam.mean()
 
 
+def test_grad_cam_of_the_released_vgg16_bn_shows_where_its_top_class_is_on_real_test_images(cifar10_dir):
+    """At 32x32 VGG16-BN's last 4x4 block can weigh every position negatively for a confident class (an all-zero
+    map): the map then comes from the latest layer with evidence, and says which."""
+    from zoo import vgg16_bn
+    from zoo.data import read_image
+
+    model = vgg16_bn(weights="cifar10")
+    used = set()
+    for folder in sorted((cifar10_dir / "test").iterdir()):
+        image = read_image(folder / "0000.jpg", (32, 32))
+        top = viz.top_classes(model, image, 1)[0][0]
+        cam, layer = viz.grad_cam_and_layer(model, image, top)
+        assert cam.shape == (32, 32) and cam.max() == pytest.approx(1.0) and cam.std() > 0.05, (folder.name, layer)
+        assert layer in viz.grad_cam_layers(model)
+        used.add(layer)
+    assert viz.grad_cam_layers(model)[0] == "block4_act3"
+    image = read_image(cifar10_dir / "test" / "cat" / "0000.jpg", (32, 32))
+    assert viz.grad_cam(model, image, 3, "block4_act3").max() == 0  # the blank map the fallback avoids
+    assert viz.grad_cam_and_layer(model, image, 3)[1] != "block4_act3"
+
+
 @pytest.fixture(scope="module")
 def report_folder(cifar10_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("viz") / "report"
@@ -82,6 +103,7 @@ def test_report_has_one_picture_per_block_and_valid_html(report_folder):
     sources = re.findall(r'src="([^"]+)"', html)
     assert sorted(sources) == [f for f in files if f.endswith(".png")]
     assert "inside the network on 0003.jpg" in html
+    assert re.search(r"any evidence for the class: \w+: block\d_act\d", html)
 
 
 def test_filters_only(tmp_path, capsys):

@@ -3,11 +3,13 @@ a `.keras` file, or a run folder holding `model.keras`; and the class names that
 
 import json
 import pathlib
+import sys
 import zipfile
 
 import keras
 
 from zoo import pretrained
+from zoo.recipe import tomllib
 from zoo.models import get_model, model_info
 
 
@@ -22,6 +24,9 @@ def load_model(source, weights=None):
         if weights:
             raise ValueError(f"`weights` applies to a model name, not to a model file ({path}). Received: weights={weights!r}")
         results = run_results(path)
+        unfinished = run_progress(path) if results is None else None
+        if unfinished:
+            print(f"note: run not finished ({unfinished}): using its best checkpoint so far", file=sys.stderr, flush=True)
         return load_keras_file(path), find_labels(path) or (results["data"]["class_names"] if results else None)
     if path.is_dir():
         raise FileNotFoundError(f"{source} is a folder without model.keras, not a run folder")
@@ -44,6 +49,21 @@ def run_results(source):
     path = pathlib.Path(source)
     results = (path if path.is_dir() else path.parent) / "results.json"
     return json.loads(results.read_text()) if results.is_file() else None
+
+
+def run_progress(model_path):
+    """"epoch E/N" for a `model.keras` in a run folder that has no results.json yet (training, or
+    stopped); None for anything else."""
+    folder = pathlib.Path(model_path).parent
+    state, recipe = folder / "state.json", folder / "recipe.toml"
+    if (folder / "results.json").exists() or not state.is_file() or not recipe.is_file():
+        return None
+    try:
+        epoch = json.loads(state.read_text()).get("epoch", 0)
+        epochs = tomllib.loads(recipe.read_text())["training"]["epochs"]
+    except (ValueError, KeyError):
+        return "epoch ?"
+    return f"epoch {epoch}/{epochs}"
 
 
 def load_keras_file(path, compile=False):

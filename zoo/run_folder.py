@@ -77,7 +77,7 @@ def previous_run(run_dir):
     return run_dir.with_name(f".{run_dir.name}-previous")
 
 
-WRITTEN = ("recipe.toml", STATE, "history.csv", "logs", "plots", BACKUP)  # what training writes before a checkpoint
+WRITTEN = ("recipe.toml", "labels.txt", STATE, "history.csv", "logs", "plots", BACKUP)  # what training writes before a checkpoint
 
 
 def drop_if_empty(run_dir):

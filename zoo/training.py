@@ -220,6 +220,8 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     )
     _check_classes(recipe, dataset.class_names, dataset.source)
     num_classes = len(dataset.class_names)
+    if dist.chief:  # so that eval, predict and export name the classes while it trains, and after a stop
+        write_text_atomically(run_dir / "labels.txt", "".join(f"{name}\n" for name in dataset.class_names))
 
     on_device = augment_on == "device" or (
         augment_on == "auto" and dist.strategy is None and keras.backend.backend() != "tensorflow" and has_accelerator()

@@ -73,16 +73,20 @@ def feature_maps(model, image, layer_names=None):
     return [(name, np.asarray(out[0], "float32")) for name, out in zip(names, outputs)]
 
 
-def grad_cam_layer(model, min_size=4):
-    """The default Grad-CAM layer: the last layer with a 4D output of at least `min_size` x `min_size`
-    that is not a pooling or dropout layer, i.e. the activation of a late convolution (zoo models:
-    `block{n}_act{k}`). On 32x32 inputs VGG's last convolutions see 2x2 maps, too coarse to point at
-    anything, so its last 4x4 block is used."""
+def grad_cam_layers(model, min_size=4):
+    """The layers Grad-CAM may use, latest first: 4D outputs of at least `min_size` x `min_size` that are
+    not pooling or dropout, i.e. the activations of the later convolutions (zoo models: `block{n}_act{k}`).
+    On 32x32 inputs VGG's last convolutions see 2x2 maps, too coarse to point at anything."""
     conv_layers(model)
     skip = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D, keras.layers.Dropout, keras.layers.InputLayer)
     candidates = [layer for layer in model.layers if len(layer.output.shape) == 4 and not isinstance(layer, skip)]
     large = [layer for layer in candidates if min(layer.output.shape[1:3]) >= min_size]
-    return (large or candidates)[-1].name
+    return [layer.name for layer in reversed(large or candidates[-1:])]
+
+
+def grad_cam_layer(model, min_size=4):
+    """The default Grad-CAM layer: the latest of `grad_cam_layers`."""
+    return grad_cam_layers(model, min_size)[0]
 
 
 def grad_cam(model, image, class_index, layer_name=None):
@@ -91,18 +95,30 @@ def grad_cam(model, image, class_index, layer_name=None):
     The gradient of the class score (the logit, or the probability for a softmax model) with respect
     to the chosen layer's activations weights its channels. Gradients need the backend's autodiff:
     TensorFlow's GradientTape, `jax.grad` or torch's autograd; other backends raise a VizError.
+    Without `layer_name`, see `grad_cam_and_layer`.
     """
-    layer_name = layer_name or grad_cam_layer(model)
-    block_layers(model, [layer_name])
-    layer = model.get_layer(layer_name)
-    head = keras.Model(model.input, layer.output)
-    tail = keras.Model(layer.output, model.output)
-    activations = keras.ops.convert_to_numpy(head(_batch(model, image), training=False)).astype("float32")
-    gradients = _gradient(lambda a: tail(a, training=False)[0, class_index], activations)
-    weights = gradients[0].mean(axis=(0, 1))
-    cam = np.maximum((activations[0] * weights).sum(axis=-1), 0)
+    return grad_cam_and_layer(model, image, class_index, layer_name)[0]
+
+
+def grad_cam_and_layer(model, image, class_index, layer_name=None):
+    """`(heat map, layer)`. Without `layer_name`: the latest layer of `grad_cam_layers` whose map has any
+    positive evidence for the class (a late layer can weigh every position negatively, e.g. VGG16-BN's last
+    4x4 block for a confident prediction: an all-zero map that says nothing); the latest one if none has."""
+    names = [layer_name] if layer_name else grad_cam_layers(model)
+    block_layers(model, names)
+    batch = _batch(model, image)
+    for name in names:
+        layer = model.get_layer(name)
+        head = keras.Model(model.input, layer.output)
+        tail = keras.Model(layer.output, model.output)
+        activations = keras.ops.convert_to_numpy(head(batch, training=False)).astype("float32")
+        gradients = _gradient(lambda a: tail(a, training=False)[0, class_index], activations)
+        weights = gradients[0].mean(axis=(0, 1))
+        cam = np.maximum((activations[0] * weights).sum(axis=-1), 0)
+        if cam.max() > 0:
+            break
     cam = _resize(cam, model.input.shape[1:3])
-    return cam / cam.max() if cam.max() > 0 else cam
+    return (cam / cam.max() if cam.max() > 0 else cam), name
 
 
 def _gradient(score, activations):
@@ -273,10 +289,15 @@ def _draw(model, folder, image, class_names, names, top_k):
         h, w, c = activations.shape
         items.append((file, f"{name}: {c} feature maps of {h}x{w}, the strongest shown; bright means the channel's pattern is present there."))
     class_names = class_names or [str(i) for i in range(model.output.shape[-1])]
-    cams = [(class_names[c], p, grad_cam(model, image, c)) for c, p in top_classes(model, image, top_k)]
+    cams, layers = [], []
+    for c, p in top_classes(model, image, top_k):
+        cam, layer = grad_cam_and_layer(model, image, c)
+        cams.append((class_names[c], p, cam))
+        layers.append(f"{class_names[c]}: {layer}")
     plot_grad_cam(np.asarray(image), cams, folder / "grad_cam.png")
     items.append(("grad_cam.png", f"Grad-CAM of the {len(cams)} most probable classes: red marks the regions whose "
-                  f"features raised that class's score most (layer {grad_cam_layer(model)})."))
+                  f"features raised that class's score most (at the latest layer with a map of at least 4x4 that holds "
+                  f"any evidence for the class: {', '.join(layers)})."))
     return items
 
 
