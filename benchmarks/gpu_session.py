@@ -227,21 +227,17 @@ def plan_epochs(groups, epoch_seconds, startup_seconds, seconds_left, *, most, l
 
 
 def smoke_and_probe(args, env, data_dir, runs, work, steady=3):
-    """The smoke pass (every job for one epoch on a few hundred images, in the real environment) and, started with
-    it, the probe (every job on the full data until each has `steady` epochs with all of them past their first, for
-    the seconds per epoch of all running together and the start-up before the first). Returns their reports; the
-    probe is stopped as soon as the smoke pass fails."""
+    """The smoke pass (every job for one epoch on a few hundred images, in the real environment), then, if it
+    passed, the probe (every job on the full data until each has `steady` epochs with all of them past their
+    first, for the seconds per epoch of all running together and the start-up before the first)."""
     started = time.time()
     groups = pairs(args.recipes, args.references)
     names = [n for _, group in groups for n in group]
-    smoke_jobs, probe_jobs, reports = [], [], {}
+    smoke_jobs, reports = [], {}
     if args.smoke_images:
         overrides = [f"data.limit={args.smoke_images}", f"data.validation_size={max(args.smoke_images // 4, 1)}"]
         commands = job_commands(args, data_dir, work / "smoke", dict.fromkeys(names, 1), overrides)
         smoke_jobs = [Job(name, command, runs / f"smoke_{name}.log", env) for name, command in commands.items()]
-    if args.epochs == "auto":
-        commands = job_commands(args, data_dir, work / "probe", dict.fromkeys(names, PROBE_EPOCHS))  # stopped long before
-        probe_jobs = [Job(name, command, runs / f"probe_{name}.log", env) for name, command in commands.items()]
     if smoke_jobs:
         _wait(smoke_jobs, started + args.smoke_seconds)
         failed = {}
@@ -265,11 +261,15 @@ def smoke_and_probe(args, env, data_dir, runs, work, steady=3):
             if job.name in failed:
                 print(f"--- {job.name} ({job.log_path.name}):\n{job.tail()}", flush=True)
         if failed:
-            for job in probe_jobs:
-                job.stop(grace=0)
             return reports
-    if not probe_jobs:
+    if args.epochs != "auto":
         return reports
+    # After the smoke pass, not beside it: on the H200 eight processes compiling under JAX at once took minutes
+    # (a VGG16-BN probe saw no epoch in 181 s; alone it starts in under 46 s), and the start-ups measured then
+    # were four times the real ones.
+    started = time.time()
+    commands = job_commands(args, data_dir, work / "probe", dict.fromkeys(names, PROBE_EPOCHS))  # stopped long before
+    probe_jobs = [Job(name, command, runs / f"probe_{name}.log", env) for name, command in commands.items()]
 
     def all_running_since():
         return max(job.epoch_ends[0] for job in probe_jobs) if all(job.epoch_ends for job in probe_jobs) else None
@@ -323,7 +323,8 @@ def run(args):
         raise SystemExit(f"--smoke-images {args.smoke_images}: the references train in batches of {REFERENCE_BATCH}; give at least that many, or 0 for no smoke pass.")
     started = time.time()
     deadline = started + args.minutes * 60
-    work = pathlib.Path(args.work)
+    # A call of its own under --work: a machine kept warm between calls still holds the last call's runs.
+    work = pathlib.Path(args.work) / time.strftime("call-%Y%m%d-%H%M%S", time.gmtime(started))
     runs = work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     site = install_wheels(pack_dir / "wheels")
@@ -332,7 +333,7 @@ def run(args):
         "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
         "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # several trainings share the GPU: JAX would take 75% of it at once
     }
-    data_dir = work / "data"
+    data_dir = pathlib.Path(args.work) / "data"
     count = unpack_images(pack_dir / DATA_FILE, data_dir)
     print(f"{count:,} image files in {data_dir} ({time.time() - started:.0f} s)", flush=True)
     summary = {"started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), "minutes": args.minutes, "jobs": {}}

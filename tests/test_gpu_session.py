@@ -62,7 +62,8 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     assert f"{run}: model.keras from its float16 weights (62,094 params)" in out
     assert not (run / "backup").exists() and not list((tmp_path / "runs").glob(".*"))
     # The weights that came back are the trained ones, rounded to float16 (as a release keeps them).
-    trained = keras.saving.load_model(tmp_path / "work" / "runs" / "lenet5_cifar10" / "model.keras").get_weights()
+    [trained_file] = (tmp_path / "work").glob("call-*/runs/lenet5_cifar10/model.keras")
+    trained = keras.saving.load_model(trained_file).get_weights()
     for back, original in zip(keras.saving.load_model(run / "model.keras").get_weights(), trained):
         np.testing.assert_array_equal(back, original.astype(np.float16).astype(np.float32))
     done = subprocess.run([sys.executable, "-m", "zoo.cli", "eval", str(run), "--data-dir", str(small_cifar10), "--json"], capture_output=True, text=True)
@@ -82,6 +83,12 @@ def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed
     run = tmp_path / "runs" / "lenet5_cifar10"
     assert (run / "model.keras").exists() and not (run / "results.json").exists()
     assert json.loads((run / "state.json").read_text())["epoch"] >= 2
+    # A second call on a machine kept warm (the same --work) trains afresh and brings back only its own runs.
+    out = session(
+        "run", "--out", tmp_path / "out2", "--pack", packed, "--work", tmp_path / "work", "--epochs", 2, "--smoke-images", 0,
+        "--recipes", "lenet5_cifar10", "--references", "--limit", 200, "--set", "data.validation_size=100", "--set", "training.tta_flip=false",
+    )
+    assert '"lenet5_cifar10": "finished"' in out and len(list((tmp_path / "work").glob("call-*"))) == 2
 
 
 def test_run_without_a_pack_says_what_to_do_before_any_work(tmp_path):
@@ -113,7 +120,7 @@ def test_a_job_failing_in_the_smoke_pass_stops_the_session_before_any_training(p
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "smoke pass (64 images, 1 epoch, 1 jobs at once): FAILED: lenet5_cifar10 (exit " in done.stdout
     assert "--- lenet5_cifar10 (smoke_lenet5_cifar10.log):" in done.stdout and "Stopped after the smoke pass: nothing was trained." in done.stdout
-    assert not (tmp_path / "work" / "runs" / "lenet5_cifar10.log").exists() and not (tmp_path / "work" / "runs" / "lenet5_cifar10").exists()
+    assert not list((tmp_path / "work").glob("call-*/runs/lenet5_cifar10*"))
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["runs.tar.000"]  # the logs come back
 
 
