@@ -264,3 +264,14 @@ def test_a_folder_with_one_class_is_refused_before_any_work(cifar10_dir, tmp_pat
     assert main(["train", "vgg11_bn_finetune", "--data-dir", str(tmp_path / "one"), "--out", str(tmp_path / "run")]) == 2
     assert "has 1 class folder (cats): a classifier needs at least 2" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_of_images_without_class_folders_says_the_layout(cifar10_dir, tmp_path, capsys):
+    (tmp_path / "cat").mkdir()
+    for name in ("0000.jpg", "0001.jpg", "0002.jpg"):
+        (tmp_path / "cat" / name).symlink_to(cifar10_dir / "test" / "cat" / name)
+    assert main(["train", "vgg11_bn_finetune", "--data-dir", str(tmp_path / "cat"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'cat'} has no class folders. Expected one folder per class, {tmp_path / 'cat'}/<class>/*.jpg" in err, err
+    assert "point --data-dir at the folder above their class folder" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -47,6 +47,7 @@ def test_an_int_is_accepted_where_a_float_is_expected():
         ("optimiser.learning_rate=0.1", r"unknown recipe key 'optimiser'"),
         ("data.batch_size=big", r"data.batch_size must be of type int. Received: data.batch_size='big'"),
         ("data.batch_size=true", r"data.batch_size must be of type int"),
+        ("data.image_size=64", r"data.image_size must be of type list \(TOML: data.image_size=\[64, 64\]\). Received: data.image_size=64"),
         ("training.precision=float16", r"training.precision must be one of auto, float32, mixed_bfloat16, mixed_float16"),
         ("schedule.name=step", r"schedule.name must be one of warmup_cosine, constant. Received: schedule.name='step'"),
         ("learning_rate", r"must look like section.key=value. Received: 'learning_rate'"),

@@ -336,7 +336,7 @@ def test_a_run_that_diverges_before_its_first_checkpoint_ends_in_one_line(learni
     captured = capsys.readouterr()
     assert code == 1
     assert captured.err.splitlines() == [
-        f"zoo train: error: the loss became NaN before the first validation, so there is no checkpoint to keep "
+        f"zoo train: error: the loss became NaN in the first epoch (its validation figures come from NaN weights), so there is no checkpoint to keep "
         f"(learning rate {float(learning_rate):g}): try a lower optimizer.learning_rate, or check the data."
     ]
     assert "keeping the last good checkpoint" not in captured.out

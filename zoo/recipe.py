@@ -212,7 +212,11 @@ def _check(section, key, value, kind, source):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
-        raise RecipeError(f"{source}: {_dotted(section, key)} must be of type {kind.__name__}. Received: {_dotted(section, key)}={value!r}")
+        form = ""
+        if kind is list:  # the TOML form, from what was given: image_size=64 -> [64, 64]
+            example = f"[{value}, {value}]" if key == "image_size" and isinstance(value, int) else f"[{value!r}]"
+            form = f" (TOML: {_dotted(section, key)}={example})"
+        raise RecipeError(f"{source}: {_dotted(section, key)} must be of type {kind.__name__}{form}. Received: {_dotted(section, key)}={value!r}")
     if kind is float and not math.isfinite(value):  # TOML has inf and nan
         raise RecipeError(f"{source}: {_dotted(section, key)} must be a finite number. Received: {_dotted(section, key)}={value!r}")
     choices = CHOICES.get((section, key))

@@ -172,8 +172,13 @@ def _check_before_work(recipe, dist):
 
 def _check_classes(recipe, class_names, source):
     pinned = recipe["model"]["num_classes"]
+    if not class_names:
+        raise ValueError(
+            f"{source} has no class folders. Expected one folder per class, {source}/<class>/*.jpg (or train/<class>/* and "
+            "test/<class>/*); if it holds the images themselves, point --data-dir at the folder above their class folder."
+        )
     if len(class_names) < 2:
-        raise ValueError(f"{source} has {len(class_names)} class folder{'s' if len(class_names) != 1 else ''} ({', '.join(class_names)}): a classifier needs at least 2.")
+        raise ValueError(f"{source} has 1 class folder ({class_names[0]}): a classifier needs at least 2.")
     if pinned is not None and pinned != len(class_names):
         raise ValueError(
             f"model.num_classes pins {pinned} classes, but {source} has {len(class_names)} ({', '.join(class_names)}). "
@@ -330,7 +335,7 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=No
     stopped = "nan_loss" if stopped_by_nan else None
     if not (run_dir / "model.keras").exists():
         raise TrainingDiverged(
-            f"the loss became NaN before the first validation, so there is no checkpoint to keep (learning rate "
+            f"the loss became NaN in the first epoch (its validation figures come from NaN weights), so there is no checkpoint to keep (learning rate "
             f"{recipe['optimizer']['learning_rate']:g}): try a lower optimizer.learning_rate, or check the data."
         )
     if stopped:
