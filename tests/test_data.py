@@ -301,3 +301,24 @@ def test_without_network_tfds_fails_at_once_and_makes_no_folder(tmp_path, monkey
     assert len(err) == 1 and err[0].endswith("The figures of lenet5(weights='cifar10') were measured on CIFAR-10 test, local 5k half (JPEG copy).")
     assert time.perf_counter() - started < 30
     assert not (tmp_path / "tfds").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbled", "emptied"])
+def test_a_damaged_cache_file_is_noticed_and_rebuilt_never_read_wrong(cifar10_dir, tmp_path, monkeypatch, capsys, damage):
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    root = two_class_tree(cifar10_dir, tmp_path / "data")
+    first, _ = data.load_image_folder_split(root, "train", (32, 32))
+    [cached] = (tmp_path / "cache").glob("train-*.npz")
+    raw = bytearray(cached.read_bytes())
+    if damage == "truncated":  # a crash while a non-atomic writer wrote it, a full disk
+        raw = raw[: len(raw) * 2 // 3]
+    elif damage == "garbled":  # one flipped byte in the middle of the pixels
+        raw[len(raw) // 2] ^= 0x40
+    else:
+        raw = b""
+    cached.write_bytes(bytes(raw))
+    again, _ = data.load_image_folder_split(root, "train", (32, 32))
+    assert f"warning: the cached arrays {cached} are damaged (cut short or garbled): decoding {root / 'train'} again" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.images, first.images)
+    np.testing.assert_array_equal(again.labels, first.labels)
+    np.testing.assert_array_equal(data._read_cache(cached, 3, (32, 32, 3)).images, first.images)  # rewritten whole

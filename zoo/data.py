@@ -11,7 +11,9 @@ import hashlib
 import os
 import pathlib
 import socket
+import sys
 import urllib.parse
+import zipfile
 
 import numpy as np
 
@@ -296,13 +298,27 @@ def _load_split(folder, class_names, image_size, channels):
         labels += [label] * len(found)
     cached = cache_dir() / f"{folder.name}-{_cache_key(folder, class_names, files, labels, image_size, channels)}.npz"
     if cached.exists():
-        with np.load(cached) as data:
-            return Split(data["images"], data["labels"])
+        split = _read_cache(cached, len(files), (*image_size, channels))
+        if split is not None and np.array_equal(split.labels, labels):
+            return split
+        print(f"warning: the cached arrays {cached} are damaged (cut short or garbled): decoding {folder} again", file=sys.stderr, flush=True)
+        cached.unlink(missing_ok=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         images = np.stack(list(pool.map(lambda f: _decode(f, image_size, channels), files, chunksize=256)))
     split = Split(images, np.asarray(labels, "int32"))
     write_atomically(cached, lambda tmp: _save_npz(tmp, images=split.images, labels=split.labels))
     return split
+
+
+def _read_cache(path, count, shape):
+    """The cached split, or None if the file cannot be read whole: a truncated archive, or a garbled one (each
+    array's CRC-32 is checked as it is read), or arrays of another count or shape."""
+    try:
+        with np.load(path) as data:
+            split = Split(data["images"], data["labels"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return split if split.images.shape == (count, *shape) and split.labels.shape == (count,) else None
 
 
 CACHE_FORMAT = 2  # bump when what the arrays hold changes for the same files
