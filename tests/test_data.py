@@ -322,3 +322,49 @@ def test_a_damaged_cache_file_is_noticed_and_rebuilt_never_read_wrong(cifar10_di
     np.testing.assert_array_equal(again.images, first.images)
     np.testing.assert_array_equal(again.labels, first.labels)
     np.testing.assert_array_equal(data._read_cache(cached, 3, (32, 32, 3)).images, first.images)  # rewritten whole
+
+
+def test_awkward_and_hostile_image_files_are_decoded_right_or_refused_in_one_line(cifar10_dir, tmp_path):
+    import struct
+    import zlib
+
+    from PIL import ImageCms
+
+    cat = np.asarray(Image.open(cifar10_dir / "test" / "cat" / "0000.jpg").convert("RGB"))
+    wide = np.zeros((8, 16, 3), "uint8")
+    wide[:, :8] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(wide).save(tmp_path / "rotated.jpg", exif=exif, quality=100)
+    assert data.read_image(tmp_path / "rotated.jpg", (16, 8))[:8].mean() > 200  # upright: the white half on top
+    grey16 = (np.arange(64, dtype="uint16").reshape(8, 8) * 1000)
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")  # mode I;16
+    np.testing.assert_array_equal(data.read_image(tmp_path / "grey16.png", (8, 8), channels=1)[..., 0], (grey16 >> 8).astype("uint8"))
+    Image.fromarray(cat).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
+    assert np.abs(data.read_image(tmp_path / "cmyk.jpg", (32, 32)).astype(int) - cat).mean() < 8
+    palette = Image.fromarray(cat).convert("P")
+    palette.info["transparency"] = 0
+    palette.save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(data.read_image(tmp_path / "palette.png", (32, 32)), np.asarray(palette.convert("RGBA"))[..., :3])
+    Image.fromarray(cat).save(tmp_path / "icc.png", icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    assert np.abs(data.read_image(tmp_path / "icc.png", (32, 32)).astype(int) - cat).mean() < 2
+    # Refused, each in one line naming the file, without reading pixels.
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "cut.jpg").write_bytes((cifar10_dir / "test" / "cat" / "0000.jpg").read_bytes()[:300])
+    chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))  # noqa: E731
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    (tmp_path / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b""))
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    refused = {
+        "empty.jpg": "it is empty (0 bytes)", "cut.jpg": "Cannot decode image file", "bomb.png": "more than the 50,000,000 pixels accepted (a decompression bomb?)",
+        "loop.jpg": "a broken symbolic link or a link loop",
+    }
+    for name, message in refused.items():
+        with pytest.raises(ValueError) as error:
+            data.read_image(tmp_path / name, (32, 32))
+        assert str(tmp_path / name) in str(error.value) and message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    # In a data folder the link loop is named too, not skipped.
+    root = two_class_tree(cifar10_dir, tmp_path / "tree")
+    (root / "train" / "a" / "loop.jpg").symlink_to(root / "train" / "a" / "loop.jpg")
+    with pytest.raises(ValueError, match="loop.jpg: a broken symbolic link or a link loop"):
+        data.load_image_folder_split(root, "train", (32, 32))

@@ -8,6 +8,7 @@ import concurrent.futures
 import dataclasses
 import difflib
 import hashlib
+import io
 import os
 import pathlib
 import socket
@@ -25,6 +26,11 @@ from zoo.files import write_atomically
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
 SYSTEM_FILES = {"Thumbs.db", "desktop.ini"}  # besides hidden ones (.DS_Store, ._x, .ipynb_checkpoints/)
+
+
+def _file_or_dead_link(path):
+    """Files, and links that lead nowhere (a loop, a missing target), which reading then names rather than skipping."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def _entries(folder, is_wanted):
@@ -291,11 +297,14 @@ def load_image_folder_split(data_dir, split, image_size, channels=3):
 def _load_split(folder, class_names, image_size, channels):
     files, labels = [], []
     for label, name in enumerate(class_names):
-        found = _entries(folder / name, pathlib.Path.is_file)
+        found = _entries(folder / name, _file_or_dead_link)
         if not found:
             raise ValueError(f"Empty class folder {folder / name}: every class needs at least one image.")
         files += found
         labels += [label] * len(found)
+    for f in files:
+        if not f.exists():
+            raise ValueError(f"Cannot read image file {f}: a broken symbolic link or a link loop.")
     cached = cache_dir() / f"{folder.name}-{_cache_key(folder, class_names, files, labels, image_size, channels)}.npz"
     if cached.exists():
         split = _read_cache(cached, len(files), (*image_size, channels))
@@ -321,7 +330,7 @@ def _read_cache(path, count, shape):
     return split if split.images.shape == (count, *shape) and split.labels.shape == (count,) else None
 
 
-CACHE_FORMAT = 2  # bump when what the arrays hold changes for the same files
+CACHE_FORMAT = 3  # bump when what the arrays hold changes for the same files
 
 
 def _cache_key(folder, class_names, files, labels, image_size, channels):
@@ -346,20 +355,59 @@ def _decode(path, image_size, channels):
     return read_image(path, image_size, channels)
 
 
-def read_image(path, image_size, channels=3):
-    """One image file of any common format as uint8 [H, W, channels], resized to `image_size`; a
-    ValueError naming the file when it is not an image (Pillow's own message names a BytesIO object)."""
-    from PIL import UnidentifiedImageError
+MAX_PIXELS = 50_000_000  # larger images are refused before decoding (a decompression bomb claims billions)
+PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
-    if not os.path.isfile(path):
+
+def read_image(path, image_size, channels=3):
+    """One image file of any common format as uint8 [H, W, channels], resized (nearest, as Keras' `load_img`)
+    to `image_size`: EXIF orientation applied, an embedded ICC profile converted to sRGB, 16-bit greys scaled
+    to 8 bits, alpha dropped; a ValueError naming the file when it cannot be decoded or claims more than
+    MAX_PIXELS pixels (checked from its header, before any pixel is read)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = pathlib.Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"Cannot read image file {path}: a broken symbolic link or a link loop.")
+    if not path.is_file():
         raise FileNotFoundError(f"No such image file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"Cannot decode image file {path}: it is empty (0 bytes).")
     try:
-        image = keras.utils.load_img(path, color_mode=COLOR_MODES[channels], target_size=tuple(image_size))
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(f"it claims {image.width}x{image.height}, more than the {MAX_PIXELS:,} pixels accepted (a decompression bomb?)")
+            image = _as_mode(ImageOps.exif_transpose(image), PIL_MODES[channels])
+            image = image.resize((image_size[1], image_size[0]), Image.NEAREST) if image.size != (image_size[1], image_size[0]) else image
+            pixels = np.asarray(image, "uint8")
     except UnidentifiedImageError:
         raise ValueError(f"Cannot decode image file {path}: not an image format Pillow can read.") from None
-    except Exception as e:  # truncated or damaged files raise OSError, SyntaxError, ...
-        raise ValueError(f"Cannot decode image file {path}: {type(e).__name__}: {e}") from None
-    return np.asarray(image, "uint8").reshape(*image_size, channels)
+    except Image.DecompressionBombError:  # Pillow's own limit, met while reading the header
+        raise ValueError(f"Cannot decode image file {path}: it claims more than the {MAX_PIXELS:,} pixels accepted (a decompression bomb?)") from None
+    except Exception as e:  # truncated or damaged files raise OSError, SyntaxError, ...; ours a ValueError
+        raise ValueError(f"Cannot decode image file {path}: {e if isinstance(e, ValueError) else f'{type(e).__name__}: {e}'}") from None
+    return pixels.reshape(*image_size, channels)
+
+
+def _as_mode(image, mode):
+    """`image` in the Pillow mode `mode`, from 16-bit greys (scaled, not clipped), CMYK, palettes and ICC-tagged files."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greys: Pillow's own convert would clip at 255
+        wide = np.asarray(image, "uint32") if image.mode != "I" else np.asarray(image).astype("int64").clip(0, 65535)
+        image = Image.fromarray((wide >> 8).astype("uint8"), "L")
+    profile = image.info.get("icc_profile")
+    if profile and image.mode in ("RGB", "RGBA", "CMYK"):
+        try:
+            from PIL import ImageCms
+
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+            image = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # an unreadable profile: the pixels as stored, like most viewers
+            pass
+    if image.mode == "P":  # palettes, with or without transparency: through RGBA, so no warning about it
+        image = image.convert("RGBA")
+    return image if image.mode == mode else image.convert(mode)
 
 
 def one_hot(labels, num_classes):
