@@ -142,6 +142,7 @@ def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, ca
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("earlier export")
+    (out / "export.json").write_text("{}")  # what marks it as an export
     with pytest.raises(FileExistsError, match="Use --overwrite"):
         export.export_model(lenet, out, quantize=["float32"], verification=held_out[0])
 
@@ -156,7 +157,7 @@ def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, ca
     with pytest.raises(RuntimeError, match="simulated crash"):
         export.export_model(lenet, out, calibration=calibration, verification=held_out[0], overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "keep.txt"]
     monkeypatch.undo()
     export.export_model(lenet, out, quantize=["float32"], verification=held_out[0], overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model_float32.tflite").exists()
