@@ -1,4 +1,5 @@
 import re
+import signal
 import subprocess
 import sys
 
@@ -59,15 +60,16 @@ def test_a_reader_that_stops_early_ends_the_command_quietly():
     assert (proc.returncode, err) == (1, "")
 
 
-def test_ctrl_c_is_a_message_not_a_traceback(monkeypatch, capsys):
+def test_ctrl_c_is_a_message_not_a_traceback(monkeypatch, capsys, tmp_path):
     import zoo.training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(zoo.training, "train", interrupted)
-    assert main(["train", "lenet5_cifar10"]) == 130
-    assert capsys.readouterr().err == "\nzoo train: interrupted (run the same command again to resume from the last backup)\n"
+    assert main(["train", "lenet5_cifar10", "--out", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == f"\nzoo train: interrupted: {tmp_path / 'run'} holds no backup yet, so the same command starts afresh\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back as it was
 
 
 def test_python_m_recipes_is_zoo_train():

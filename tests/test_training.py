@@ -306,6 +306,31 @@ def test_kill_9_then_resume_continues_and_matches_an_uninterrupted_run(small_cif
     assert done is None
 
 
+def test_sigterm_stops_training_cleanly_saying_where_it_resumes(small_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    args = quick_args(small_cifar10, run_dir, epochs=30, limit=500)
+    proc = zoo_process(args)
+    metadata = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not (metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1):
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be stopped"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)  # stderr is merged into it
+    assert proc.returncode == 143, out[-2000:]
+    done = json.loads(metadata.read_text())["epoch"]
+    assert f"zoo train: terminated (SIGTERM): run the same command again to resume from its backup after epoch {done} (in {run_dir})" in out
+    assert "Traceback" not in out and not (run_dir / "results.json").exists() and (run_dir / "model.keras").exists()
+    assert not list(tmp_path.glob(".*.lock"))
+    again = zoo_process(args)  # the same command: it resumes there (stopped again once it says so)
+    for line in again.stdout:
+        if line.startswith("resuming from epoch"):
+            break
+    again.send_signal(signal.SIGKILL)
+    again.communicate()
+    assert line.strip() == f"resuming from epoch {done}"
+
+
 def test_two_seeded_runs_give_identical_weights_with_one_or_two_data_threads(small_cifar10, tmp_path):
     for name, threads in (("a", "1"), ("b", "2")):
         assert main([*quick_args(small_cifar10, tmp_path / name, epochs=2, limit=1000), "--data-threads", threads]) == 0

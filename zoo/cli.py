@@ -6,6 +6,7 @@ import fnmatch
 import os
 import pathlib
 import re
+import signal
 import sys
 import tempfile
 
@@ -164,7 +165,7 @@ def cmd_train(args):
     if args.epochs is not None:
         overrides.append(f"training.epochs={args.epochs}")
     recipe = recipes.load(args.recipe, overrides)
-    out = args.out or os.path.join("runs", recipe["name"])
+    out = args.run_dir = args.out or os.path.join("runs", recipe["name"])
     try:
         train(
             recipe, out, overwrite=args.overwrite, strategy=args.strategy, data_threads=args.data_threads,
@@ -489,6 +490,28 @@ def build_parser():
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopped as Ctrl-C is."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+def _resume_hint(args):
+    """For `zoo train`: from which epoch the same command resumes (its last backup), or that it starts afresh."""
+    if args.command != "train" or not getattr(args, "run_dir", None):
+        return ""
+    import json
+
+    metadata = pathlib.Path(args.run_dir, "backup", "training_metadata.json")
+    try:
+        epoch = json.loads(metadata.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return f": {args.run_dir} holds no backup yet, so the same command starts afresh"
+    return f": run the same command again to resume from its backup after epoch {epoch} (in {args.run_dir})"
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "include", None) == []:
@@ -500,6 +523,24 @@ def main(argv=None):
             print(f"zoo {args.command}: error: {e}", file=sys.stderr)
             return 2
     _import_keras_quietly()
+    handlers = _stop_on_sigterm()
+    try:
+        return _run(args)
+    finally:
+        for signum, handler in handlers.items():  # as they were (main() is also called in-process, by tests)
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _stop_on_sigterm():
+    """SIGTERM (schedulers, `kill`) stops as Ctrl-C does; returns the handlers it replaced."""
+    try:
+        return {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate), signal.SIGINT: signal.getsignal(signal.SIGINT)}
+    except ValueError:  # not the main thread: signals are not ours to handle
+        return {}
+
+
+def _run(args):
     quiet = _startup_noise_filtered if args.command in _QUIET_COMMANDS else contextlib.nullcontext
     try:
         with quiet():
@@ -511,10 +552,12 @@ def main(argv=None):
     except CommandFailed as e:
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: a message, not a traceback through Keras
-        resume = " (run the same command again to resume from the last backup)" if args.command == "train" else ""
-        print(f"\nzoo {args.command}: interrupted{resume}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: a message, not a traceback through Keras
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
+        terminated = isinstance(e, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(f"\nzoo {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:  # the reader stopped early (`zoo info vgg16 | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         return 1
