@@ -1,5 +1,6 @@
 """SavedModel and TFLite export: every variant verified against Keras, atomic folders, errors, CLI."""
 
+import errno
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from zoo import export
 from zoo.data import load_image_folder_split
 from zoo.cli import main
 from zoo.export import ExportError
+from zoo.files import DiskFull
 
 
 def synthetic_images(n, seed, size=32):
@@ -158,6 +160,14 @@ def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, ca
         export.export_model(lenet, out, calibration=calibration, verification=held_out[0], overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "keep.txt"]
+
+    def disk_full(saved_model, quantize, representative_data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "_convert", disk_full)
+    with pytest.raises(DiskFull, match=f"no space left on the device: could not write {out}; what was there before is kept"):
+        export.export_model(lenet, out, quantize=["float32"], verification=held_out[0], overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "keep.txt"] and [p.name for p in tmp_path.iterdir()] == ["out"]
     monkeypatch.undo()
     export.export_model(lenet, out, quantize=["float32"], verification=held_out[0], overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "model_float32.tflite").exists()

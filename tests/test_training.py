@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import pathlib
 import shutil
 import re
 import signal
@@ -616,3 +617,29 @@ raise SystemExit(code)
     results = json.loads((tmp_path / "jax" / "results.json").read_text())
     assert results["versions"]["backend"] == "jax"
     assert results["test_accuracy"] > 0.2
+
+
+def test_a_full_disk_while_writing_the_best_checkpoint_keeps_the_last_one_and_the_same_command_resumes(small_cifar10, tmp_path, monkeypatch, capsys):
+    import errno
+
+    run_dir = tmp_path / "run"
+    args = quick_args(small_cifar10, run_dir, epochs=3, limit=500)
+    real_save, calls = keras.Model.save, []
+
+    def save_until_the_disk_fills(model, path, *a, **k):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint: half written, then the disk is full
+            pathlib.Path(path).write_bytes(b"PK\x03\x04 half a zip")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(model, path, *a, **k)
+
+    monkeypatch.setattr(keras.Model, "save", save_until_the_disk_fills)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"zoo train: error: no space left on the device: could not write {run_dir / 'model.keras'}; what was there before is kept." in err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".tmp")) == []  # no half-written file left
+    keras.saving.load_model(run_dir / "model.keras")  # the first checkpoint, whole
+    monkeypatch.undo()
+    assert main(args) == 0  # space is free again: the same command resumes and finishes
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3

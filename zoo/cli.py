@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from zoo.backends import BACKENDS, choose as choose_backend
-from zoo.files import check_output_folder
+from zoo.files import DiskFull, check_output_folder
 
 # TensorFlow's start-up lines on a machine without a GPU (or without AVX flags compiled in).
 # They are printed by C++ before Python's logging exists; any other line still reaches stderr.
@@ -546,6 +546,9 @@ def _run(args):
         with quiet():
             args.func(args)
         sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
+    except DiskFull as e:  # nothing the user had is lost: the writes are atomic
+        print(f"zoo {args.command}: error: {e.strerror}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {_as_cli_options(str(e))}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 sha256; float16 weight files; where the shipped recipes and released weights are."""
 
 import contextlib
+import errno
 import hashlib
 import os
 import pathlib
@@ -19,6 +20,22 @@ def umask():
     return mask
 
 
+class DiskFull(OSError):
+    """No space left on the device (or over quota) while writing a file or folder; what was there is kept."""
+
+
+def disk_full(error, path):
+    """`error` as a DiskFull naming `path`, if it says the disk is full; else None."""
+    if isinstance(error, DiskFull) or not isinstance(error, OSError):
+        return None
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error):
+        return DiskFull(
+            errno.ENOSPC, f"no space left on the device: could not write {path}; what was there before is kept. "
+            "Free some space and run the same command again."
+        )
+    return None
+
+
 def write_atomically(path, write):
     """Call `write(tmp_path)` on a temporary file beside `path`, then move it onto `path` in one step.
 
@@ -33,9 +50,12 @@ def write_atomically(path, write):
         write(tmp)
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = disk_full(e, path)
+        if full:
+            raise full from e
         raise
 
 
@@ -53,8 +73,11 @@ def staged_folder(out):
     try:
         yield staging
         replace_folder(staging, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        full = disk_full(e, out)
+        if full:
+            raise full from e
         raise
 
 
