@@ -1,5 +1,6 @@
 """Image-folder and tfds sources, the validation split, augmentation and batching."""
 
+import os
 import shutil
 
 import numpy as np
@@ -368,3 +369,25 @@ def test_awkward_and_hostile_image_files_are_decoded_right_or_refused_in_one_lin
     (root / "train" / "a" / "loop.jpg").symlink_to(root / "train" / "a" / "loop.jpg")
     with pytest.raises(ValueError, match="loop.jpg: a broken symbolic link or a link loop"):
         data.load_image_folder_split(root, "train", (32, 32))
+
+
+def test_two_processes_building_the_same_cache_at_once_both_get_the_same_whole_arrays(small_cifar10, tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np; from zoo.data import load_image_folder_split\n"
+        "split, _ = load_image_folder_split(sys.argv[1], 'train', (32, 32))\n"
+        "np.save(sys.argv[2], split.images)\n"
+    )
+    env = {**os.environ, "ZOO_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(small_cifar10), str(tmp_path / f"{i}.npy")], env=env, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for process in processes:
+        assert process.wait(300) == 0, process.stderr.read()[-2000:]
+    a, b = np.load(tmp_path / "0.npy"), np.load(tmp_path / "1.npy")
+    assert a.shape == (3000, 32, 32, 3) and np.array_equal(a, b)
+    assert [p.name.startswith("train-") for p in (tmp_path / "cache").iterdir()] == [True]  # one whole file, no leftovers
+    np.testing.assert_array_equal(data._read_cache(next((tmp_path / "cache").iterdir()), 3000, (32, 32, 3)).images, a)
