@@ -442,7 +442,7 @@ def unpack(folder, into):
         recipe = recipes.load(str(run_dir / "recipe.toml"))
         results = run_dir / "results.json"  # a run stopped at the deadline has none
         classes = len(json.loads(results.read_text())["test_per_class_accuracy"]) if results.exists() else recipe["model"]["num_classes"] or 10
-        model = build_model(recipe, (*recipe["data"]["image_size"], 3), classes)
+        model = build_model(recipe, (*recipe["data"]["image_size"], recipe["data"]["channels"]), classes)
         model.load_weights(weights)
         model.save(run_dir / "model.keras")
         print(f"{run_dir}: model.keras from its float16 weights ({model.count_params():,} params)")

@@ -17,6 +17,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR10 = ROOT.parent / "shared" / "data" / "cifar10"
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,14 @@ def cifar10_dir():
     if not (CIFAR10 / "train").is_dir():
         pytest.skip(f"CIFAR-10 image folders not found at {CIFAR10}")
     return CIFAR10
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """MNIST's idx files beside the repository (read-only): 60,000 training and 5,000 test digits."""
+    if not (MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"MNIST idx files not found at {MNIST}")
+    return MNIST
 
 
 def link_subset(source, target, per_class):

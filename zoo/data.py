@@ -21,6 +21,7 @@ import numpy as np
 import keras
 
 from zoo import augment as augmentations
+from zoo import idx
 from zoo.files import write_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -101,7 +102,7 @@ def load_dataset(
     elif data_dir:
         train, test, class_names = load_image_folders(data_dir, image_size, channels)
         source = str(pathlib.Path(data_dir).resolve())
-        how.update(layout="train/ and test/ folders")
+        how.update(layout="idx files, train and test" if idx.is_idx_folder(data_dir) else "train/ and test/ folders")
     else:
         train, test, class_names = load_tfds(source, image_size, channels, data_dir=tfds_data_dir)
         source = f"tfds:{source}"
@@ -161,7 +162,7 @@ def stratified_split(split, fraction, class_names, rng, key="fraction"):
 def is_single_folder(data_dir):
     """Whether `data_dir` is one folder of class folders (no `train/` or `test/` split folders)."""
     root = pathlib.Path(data_dir)
-    return root.is_dir() and not (root / "train").exists() and not (root / "test").exists()
+    return root.is_dir() and not (root / "train").exists() and not (root / "test").exists() and not idx.is_idx_folder(root)
 
 
 def _take(split, index):
@@ -247,6 +248,8 @@ def folder_class_names(data_dir):
     """The class names of `--data-dir` without decoding anything: of train/ and test/, or of the single folder."""
     if is_single_folder(data_dir):
         return [p.name for p in _entries(pathlib.Path(data_dir), pathlib.Path.is_dir)]
+    if idx.is_idx_folder(data_dir):
+        return idx.load_split(data_dir, "train")[2]
     return class_folders(data_dir)
 
 
@@ -274,7 +277,11 @@ def class_folders(data_dir):
 
 
 def load_image_folders(data_dir, image_size, channels=3):
-    """Decode `train/` and `test/` of an image-folder tree once (cached) into uint8 arrays."""
+    """Decode `train/` and `test/` of an image-folder tree once (cached) into uint8 arrays; or read a
+    folder of idx files (MNIST and its kin, see `zoo.idx`)."""
+    if idx.is_idx_folder(data_dir):
+        (train, names), (test, _) = (load_image_folder_split(data_dir, split, image_size, channels) for split in ("train", "test"))
+        return train, test, names
     class_names = class_folders(data_dir)
     splits = [_load_split(pathlib.Path(data_dir) / split, class_names, image_size, channels) for split in ("train", "test")]
     return splits[0], splits[1], class_names
@@ -282,7 +289,11 @@ def load_image_folders(data_dir, image_size, channels=3):
 
 def load_image_folder_split(data_dir, split, image_size, channels=3):
     """One split (`"train"` or `"test"`) of an image-folder tree, in file order, and the class names;
-    with `split=None`, all images of a single folder of class folders."""
+    with `split=None`, all images of a single folder of class folders. A folder of idx files gives its
+    train or test images, fitted to `image_size` (see `zoo.idx.fit`)."""
+    if split is not None and idx.is_idx_folder(data_dir):
+        images, labels, class_names = idx.load_split(data_dir, split)
+        return Split(idx.fit(images, image_size, channels), labels), class_names
     if split is None:
         class_names = [p.name for p in _entries(pathlib.Path(data_dir), pathlib.Path.is_dir)]
         if not class_names:

@@ -32,6 +32,7 @@ SCHEMA = {
         "data_dir": (str, ""),  # an image-folder tree; overrides `source`
         "tfds_data_dir": (str, ""),
         "image_size": (list, [32, 32]),
+        "channels": (int, 3),  # 1: greyscale models (RGB files converted), 3: RGB
         "validation_size": (int, 5000),
         "validation_fraction": (float, 0.0),  # > 0: this fraction of each class of train, instead of validation_size
         "test_fraction": (float, 0.2),  # for a single folder of class folders (no train/ and test/): each class's share
@@ -89,6 +90,7 @@ RANGES = {
     ("model", "dropout"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("model", "fc_units"): ("a list of integers >= 1", _positive_ints()),
     ("data", "image_size"): ("[height, width], integers >= 1", _positive_ints(2)),
+    ("data", "channels"): ("1 (greyscale) or 3 (RGB)", lambda v: v in (1, 3)),
     ("model", "num_classes"): (">= 2", lambda v: v >= 2),
     ("data", "validation_size"): (">= 1 (the best checkpoint is chosen on it)", lambda v: v >= 1),
     ("data", "validation_fraction"): ("in [0, 1) (0: use validation_size)", lambda v: 0 <= v < 1),

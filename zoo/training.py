@@ -159,7 +159,7 @@ def _check_before_work(recipe, dist):
     (resolved, and fitted into the model's backbone), and the class folders of --data-dir.
     Returns the `finetune.StartingWeights` (None for "none")."""
     image_size, model = tuple(recipe["data"]["image_size"]), recipe["model"]
-    probe = build_model(recipe, (*image_size, 3), num_classes=2)  # a bad model section
+    probe = build_model(recipe, (*image_size, recipe["data"]["channels"]), num_classes=2)  # a bad model section
     start = finetune.resolve(model["name"], model["weights"], {k: v for k, v in model.items() if v is not None})
     if start is not None:
         finetune.transfer(start, probe, [])  # a backbone of another architecture
@@ -217,6 +217,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         data_dir=data_cfg["data_dir"] or None,
         tfds_data_dir=data_cfg["tfds_data_dir"] or None,
         image_size=image_size,
+        channels=data_cfg["channels"],
         validation_size=data_cfg["validation_size"],
         validation_fraction=data_cfg["validation_fraction"],
         test_fraction=data_cfg["test_fraction"],
@@ -244,7 +245,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     tuning = recipe["finetune"]
     phases = _phases(epochs, tuning["frozen_epochs"] if start else 0)
     with dist.scope():
-        model = build_model(recipe, (*image_size, 3), num_classes)
+        model = build_model(recipe, (*image_size, data_cfg["channels"]), num_classes)
         change = finetune.transfer(start, model, dataset.class_names) if start else None
         backbone = [v.path for v in finetune.backbone_variables(model)] if start else ()
         optimizer = make_optimizer(recipe, len(train_batches), backbone, tuning["backbone_lr_scale"])

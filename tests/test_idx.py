@@ -1,0 +1,105 @@
+"""MNIST-family idx files as `--data-dir`: read as distributed, fitted to the model input, bad files named."""
+
+import gzip
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from zoo import idx
+from zoo.data import load_dataset, load_image_folder_split
+
+
+def test_the_real_mnist_files_read_as_distributed(mnist_dir):
+    images, labels, names = idx.load_split(mnist_dir, "train")
+    assert images.shape == (60000, 28, 28) and images.dtype == np.uint8 and labels.shape == (60000,)
+    assert names == [str(i) for i in range(10)] and set(np.unique(labels)) == set(range(10))
+    assert images.mean() == pytest.approx(33.3, abs=1.0)  # white digits on black: mostly black
+    test, test_labels, _ = idx.load_split(mnist_dir, "test")
+    assert test.shape == (5000, 28, 28) and np.bincount(test_labels).min() > 400
+
+
+def test_a_digit_is_placed_in_the_middle_of_a_larger_field_as_lenet5s_paper_does(mnist_dir):
+    images, _, _ = idx.load_split(mnist_dir, "test")
+    padded = idx.fit(images[:5], (32, 32), 1)
+    assert padded.shape == (5, 32, 32, 1)
+    np.testing.assert_array_equal(padded[:, 2:30, 2:30, 0], images[:5])
+    assert padded[:, :2].max() == padded[:, 30:].max() == padded[:, :, :2].max() == 0
+    rgb = idx.fit(images[:2], (32, 32), 3)
+    assert rgb.shape == (2, 32, 32, 3) and np.array_equal(rgb[..., 0], rgb[..., 2])
+    assert idx.fit(images[:2], (14, 14), 1).shape == (2, 14, 14, 1)  # smaller: resized
+    dataset = load_dataset(data_dir=mnist_dir, image_size=(32, 32), channels=1, validation_size=5000, limit=100)
+    assert dataset.split["layout"] == "idx files, train and test" and dataset.train.images.shape == (100, 32, 32, 1)
+    split, names = load_image_folder_split(mnist_dir, "test", (32, 32), 1)
+    assert len(split) == 5000 and names[9] == "9"
+
+
+def make_idx(folder, images, labels, gz=True, prefix=("train", "t10k")):
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in prefix:
+        for kind, array in (("images", images), ("labels", labels)):
+            raw = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">u4").tobytes() + array.astype(np.uint8).tobytes()
+            name = f"{split}-{kind}-idx{array.ndim}-ubyte"
+            (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
+    return folder
+
+
+def test_plain_idx_files_and_class_names_from_classes_txt(tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.array([0, 1, 2, 0, 1, 2])
+    folder = make_idx(tmp_path / "plain", images, labels, gz=False)
+    (folder / "classes.txt").write_text("T-shirt\nTrouser\nPullover\n")
+    got, got_labels, names = idx.load_split(folder, "test")
+    np.testing.assert_array_equal(got, images)
+    assert got_labels.tolist() == labels.tolist() and names == ["T-shirt", "Trouser", "Pullover"]
+
+
+def test_a_cut_or_mismatched_idx_file_is_one_line_naming_it(mnist_dir, tmp_path):
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), np.arange(6) % 3
+    folder = make_idx(tmp_path / "cut", images, labels, gz=False)
+    path = folder / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=rf"{path} is cut short or has bytes to spare: its header announces 6 x 28 x 28 values \(4,704 bytes\), the file holds 4,604 bytes"):
+        idx.load_split(folder, "train")
+    gz = tmp_path / "gz" / "t10k-images-idx3-ubyte.gz"
+    gz.parent.mkdir()
+    shutil.copy(mnist_dir / "t10k-labels-idx1-ubyte.gz", gz.parent)
+    gz.write_bytes((mnist_dir / "t10k-images-idx3-ubyte.gz").read_bytes()[:5000])
+    with pytest.raises(ValueError, match=rf"Cannot read idx file {gz}: "):
+        idx.load_split(gz.parent, "test")
+    folder = make_idx(tmp_path / "mismatch", images, labels[:5])
+    with pytest.raises(ValueError, match="holds 6 images but .*train-labels-idx1-ubyte.gz 5 labels: they must match one to one"):
+        idx.load_split(folder, "train")
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match="Cannot read idx file .*t10k-labels-idx1-ubyte.gz"):
+        idx.load_split(folder, "test")
+    folder = make_idx(tmp_path / "names", images, labels)
+    (folder / "classes.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match=r"has label 2, but there are 2 class names \(classes.txt\)"):
+        idx.load_split(folder, "train")
+    (folder / "t10k-images-idx3-ubyte.gz").unlink()
+    with pytest.raises(ValueError, match=r"holds 0 test images files \(none\): expected one named \*t10k-images-idx3-ubyte\[.gz\] or test-images"):
+        idx.load_split(folder, "test")
+
+
+def test_a_greyscale_lenet5_trains_on_the_idx_files_and_names_digits(mnist_dir, cifar10_dir, tmp_path, capsys):
+    from zoo.cli import main
+    from zoo.loading import load_model
+
+    run = tmp_path / "run"
+    args = ["train", "lenet5_cifar10", "--data-dir", str(mnist_dir), "--out", str(run), "--epochs", "2", "--set", "data.channels=1",
+            "--set", "augment.flip=false", "--set", "training.tta_flip=false", "--set", "data.limit=3000", "--set", "data.validation_size=1000"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"lenet5 (61,794 params, float32) on {mnist_dir.resolve()}: 3,000 train / 1,000 validation / 3,000 test images" in out
+    model, names = load_model(str(run))
+    assert model.input.shape[1:] == (32, 32, 1) and names == [str(i) for i in range(10)]
+    results = json.loads((run / "results.json").read_text())
+    assert results["test_accuracy"] > 0.3 and results["data"]["split"]["layout"] == "idx files, train and test"
+    assert main(["predict", str(run), str(cifar10_dir / "test" / "cat" / "0000.jpg"), "--top", "1"]) == 0  # an RGB file: converted
+    assert re.search(r"^  1\. [0-9] +0\.\d{4}$", capsys.readouterr().out, re.M)
+    assert main(["train", "lenet5_cifar10", "--set", "data.channels=2", "--out", str(tmp_path / "bad")]) == 2
+    assert "data.channels must be 1 (greyscale) or 3 (RGB)" in capsys.readouterr().err
