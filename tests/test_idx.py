@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from zoo import idx
+from zoo import idx, mobile
 from zoo.data import load_dataset, load_image_folder_split
 
 
@@ -103,3 +103,12 @@ def test_a_greyscale_lenet5_trains_on_the_idx_files_and_names_digits(mnist_dir, 
     assert re.search(r"^  1\. [0-9] +0\.\d{4}$", capsys.readouterr().out, re.M)
     assert main(["train", "lenet5_cifar10", "--set", "data.channels=2", "--out", str(tmp_path / "bad")]) == 2
     assert "data.channels must be 1 (greyscale) or 3 (RGB)" in capsys.readouterr().err
+    # Its TFLite file takes RGB like every zoo file (MediaPipe refuses one channel): the grey is made inside.
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(out), "--formats", "tflite", "--quantize", "float32",
+                 "--calibration-data", str(mnist_dir), "--verify-images", "300"]) == 0
+    entry = json.loads((out / "export.json").read_text())["variants"]["float32"]
+    assert entry["input"]["shape"] == [1, 32, 32, 3] and entry["verification"]["agreement"] == 1.0
+    assert entry["mediapipe"]["loads"] and entry["mediapipe"]["class_names_from_file"] and entry["mediapipe"]["agreement_with_interpreter"] == 1.0
+    assert entry["litert_cpu"]["fully_accelerated"]
+    assert "made grey inside" in mobile.read_metadata(out / "model_float32.tflite")["description"]

@@ -421,6 +421,12 @@ def _as_mode(image, mode):
     return image if image.mode == mode else image.convert(mode)
 
 
+def as_rgb(images):
+    """Greyscale images [..., 1] as RGB [..., 3] (the grey repeated); others as they are."""
+    images = np.asarray(images)
+    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+
+
 def one_hot(labels, num_classes):
     return np.eye(num_classes, dtype="float32")[labels]
 

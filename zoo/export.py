@@ -24,6 +24,7 @@ import numpy as np
 import keras
 
 from zoo import mobile, web
+from zoo.data import as_rgb
 from zoo.evaluation import outputs_probabilities, probabilities
 from zoo.files import check_output_folder, sha256, staged_folder
 from zoo.loading import find_labels, load_keras_file, load_model
@@ -103,18 +104,27 @@ def to_saved_model(model, path):
 
 
 def _tflite_saved_model(model, path):
-    """A batch-1 SavedModel with float32 0-255 input and probabilities out, for the TFLite converter."""
+    """A batch-1 SavedModel with float32 0-255 input and probabilities out, for the TFLite converter.
+
+    Its input is RGB whatever the model takes: MediaPipe's ImageClassifier refuses a 1-channel input, so a
+    greyscale model gets the conversion inside (the luminance of ITU-R BT.601, as Pillow's "L": constants,
+    no weights), and apps feed every zoo file the same way."""
     import tensorflow as tf
 
     height, width, channels = model.input.shape[1:]
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(
-        "serving_default",
-        lambda image: {"probabilities": _probabilities(model, image)[0]},
-        input_signature=[tf.TensorSpec([1, height, width, channels], tf.float32, name="image")],
-    )
+
+    def serve(image):
+        if channels == 1:
+            image = tf.reduce_sum(image * tf.constant(LUMINANCE, tf.float32), axis=-1, keepdims=True)
+        return {"probabilities": _probabilities(model, image)[0]}
+
+    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32, name="image")])
     archive.write_out(str(path), verbose=False)
+
+
+LUMINANCE = (0.299, 0.587, 0.114)  # R, G, B weights of grey; they sum to 1, so grey repeated into RGB stays that grey
 
 
 def to_tflite(model, path, *, quantize="float32", representative_data=None):
@@ -152,7 +162,7 @@ def _convert(saved_model, quantize, representative_data):
         converter.target_spec.supported_types = [tf.float16]
     try:
         if quantize == "int8":
-            content = _int8_with_float_softmax(converter, np.asarray(representative_data, "float32"))
+            content = _int8_with_float_softmax(converter, as_rgb(np.asarray(representative_data, "float32")))
         else:
             content = converter.convert()
     except Exception as e:  # the converter raises its own ConverterError
@@ -215,6 +225,8 @@ class TFLiteModel:
 
     def invoke(self, image):
         """Run one raw 0-255 image [H, W, C]; returns the probabilities as stored (uint8 for int8)."""
+        if np.shape(image)[-1] == 1 and self.input_shape[-1] == 3:  # a greyscale model's file takes RGB
+            image = as_rgb(image)
         self.interpreter.set_tensor(self.input["index"], np.asarray(image, self.input["dtype"])[None])
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"])[0]
@@ -332,7 +344,8 @@ def default_metadata(model, class_names):
     shown = ", ".join(class_names[:10]) + (", ..." if len(class_names) > 10 else "")
     return {
         "name": model.name,
-        "description": f"{model.name} image classifier, {len(class_names)} classes ({shown}); input: an RGB image, raw 0-255 pixels.",
+        "description": f"{model.name} image classifier, {len(class_names)} classes ({shown}); input: an RGB image, raw 0-255 pixels"
+        + (" (made grey inside)." if model.input.shape[-1] == 1 else "."),
         "version": "",
         "author": f"zoo {zoo.__version__}",
         "license": "",

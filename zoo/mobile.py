@@ -218,8 +218,10 @@ class MediaPipeClassifier:
     def classify(self, images):
         import mediapipe
 
+        from zoo.data import as_rgb
+
         probabilities, names = None, {}
-        for row, image in enumerate(np.asarray(images, np.uint8)):
+        for row, image in enumerate(as_rgb(np.asarray(images, np.uint8))):  # a greyscale model's file takes RGB
             result = self.classifier.classify(mediapipe.Image(image_format=mediapipe.ImageFormat.SRGB, data=np.ascontiguousarray(image)))
             categories = result.classifications[0].categories
             if probabilities is None:
