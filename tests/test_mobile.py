@@ -59,10 +59,27 @@ def test_every_released_tflite_file_runs_in_mediapipe_with_names_and_probabiliti
         assert abs(accuracy - card["accuracy"]["test_top1"]) < 0.03, f"{path.name}: {accuracy} on 500 of the card's images"
 
 
+def test_the_mnist_lenet5_file_classifies_real_digits_in_mediapipe_fed_as_rgb(mnist_dir):
+    """MediaPipe takes no 1-channel input: the greyscale model's file takes RGB (grey repeated), as apps feed it."""
+    from zoo.data import as_rgb
+
+    folder = ROOT / "saved_models" / "lenet5_mnist"
+    test, _ = load_image_folder_split(mnist_dir, "test", (32, 32), 1)
+    digits, labels = as_rgb(test.images[::10]), test.labels[::10]
+    classifier = mobile.MediaPipeClassifier(folder / "model_int8.tflite")
+    try:
+        scores, names = classifier.classify(digits)
+    finally:
+        classifier.close()
+    assert names == [str(i) for i in range(10)]
+    interpreter = TFLiteModel(folder / "model_int8.tflite").predict(digits)
+    assert (scores.argmax(1) == interpreter.argmax(1)).mean() >= 0.999 and (scores.argmax(1) == labels).mean() >= 0.99
+
+
 def test_released_files_are_fully_delegated_in_litert_and_say_so(tmp_path):
     """LiteRT's own benchmark tool, as a user runs it: every released file runs entirely in its CPU
     accelerator (XNNPACK), int8 included (its softmax is float, see zoo.export)."""
-    for folder in sorted((ROOT / "saved_models").glob("*_cifar10")):
+    for folder in sorted(p for p in (ROOT / "saved_models").iterdir() if (p / "export.json").is_file()):
         record = json.loads((folder / "export.json").read_text())
         for variant, entry in record["variants"].items():
             assert entry["litert_cpu"]["fully_accelerated"] is True, (folder.name, variant)

@@ -15,6 +15,7 @@ import shutil
 
 import numpy as np
 
+from zoo import recipe as recipes
 from zoo.recipe import tomllib
 
 import zoo
@@ -90,7 +91,8 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
     save_float16_weights(trained, folder / "model.weights.h5")
     model = get_model(name, weights=str(folder / "model.weights.h5"), **options)  # what users will load
     plain = evaluate(model, test, class_names)
-    tta = evaluate(model, test, class_names, tta_flip=True)
+    flips = recipes.load(run_dir / "recipe.toml")["augment"]["flip"]  # digits, text: a mirror image is another thing
+    tta = evaluate(model, test, class_names, tta_flip=True) if flips else {"accuracy": None}
     (folder / "recipe.toml").write_text(portable_recipe((run_dir / "recipe.toml").read_text(), test_description))
     card = {
         "name": f"{name}_{tag}",
@@ -274,12 +276,13 @@ def card_readme(card):
         "",
         "```python",
         f"from zoo import {card['model']}",
-        f"model = {card['model']}(weights={card['weights']!r})  # logits; raw 0-255 RGB input",
+        f"model = {card['model']}(weights={card['weights']!r})  # logits; raw 0-255 {'greyscale' if card['options']['input_shape'][-1] == 1 else 'RGB'} input",
         "```",
         "",
         f"- Architecture: `{card['model']}({options})`, {card['params']:,} parameters, {card['macs'] / 1e6:.1f}M MACs per image.",
-        f"- Test top-1: **{acc['test_top1'] * 100:.2f}%** ({acc['test_top1_flip_tta'] * 100:.2f}% with flip TTA) "
-        f"on {acc['test_images']:,} images: {card['data']['test']}; measured with {acc['measured_with']}.",
+        f"- Test top-1: **{acc['test_top1'] * 100:.2f}%**"
+        + (f" ({acc['test_top1_flip_tta'] * 100:.2f}% with flip TTA) " if acc["test_top1_flip_tta"] is not None else " (no flip TTA: it trains without flips) ")
+        + f"on {acc['test_images']:,} images: {card['data']['test']}; measured with {acc['measured_with']}.",
         f"- int8 TFLite (`{int8['file']}`, {int8['bytes'] / 2**20:.2f} MiB): top-1 {int8['test_top1'] * 100:.2f}%, "
         f"top-1 agreement with Keras {int8['agreement_with_keras'] * 100:.2f}% (details in `export.json`). "
         + (f"It carries its labels and MediaPipe metadata ({'loads in' if int8.get('mediapipe') else 'REFUSED by'} MediaPipe Tasks' "
