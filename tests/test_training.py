@@ -643,3 +643,30 @@ def test_a_full_disk_while_writing_the_best_checkpoint_keeps_the_last_one_and_th
     monkeypatch.undo()
     assert main(args) == 0  # space is free again: the same command resumes and finishes
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3
+
+
+def test_a_full_disk_while_writing_results_keeps_the_trained_run_and_the_same_command_finishes_it(small_cifar10, tmp_path, monkeypatch, capsys):
+    import errno
+
+    run_dir = tmp_path / "run"
+    args = quick_args(small_cifar10, run_dir, epochs=2, limit=500)
+    real_write_text = pathlib.Path.write_text
+
+    def full_for_results(path, *a, **k):
+        if path.name.endswith("results.json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(path, *a, **k)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_for_results)
+    assert main(args) == 1
+    assert f"zoo train: error: no space left on the device: could not write {run_dir / 'results.json'}" in capsys.readouterr().err
+    assert not (run_dir / "results.json").exists() and (run_dir / "backup").is_dir() and (run_dir / "model.keras").exists()
+    trained = weights_of(run_dir / "model.keras")
+    monkeypatch.undo()
+    assert main(args) == 0  # nothing is trained again: the run is finished from its backup and checkpoint
+    out = capsys.readouterr().out
+    assert "resuming from epoch 2" in out and not re.search(r"^epoch \d+/2", out, re.M)
+    assert epochs_logged(run_dir) == [0, 1] and not (run_dir / "backup").exists()
+    for a, b in zip(weights_of(run_dir / "model.keras"), trained):
+        np.testing.assert_array_equal(a, b)
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2

@@ -308,7 +308,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
                 with dist.scope():
                     compile_for(frozen)
             if dist.chief:
-                backup.delete_checkpoint = end == epochs  # kept between phases: the resume point
+                backup.delete_checkpoint = False  # kept between phases and until results.json is written (finish)
             model.fit(
                 train_batches,
                 shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
@@ -378,6 +378,7 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=No
     plots.history_curves(run_dir / "history.csv", run_dir / "plots" / "history.png")
     plots.confusion_matrix(test["confusion_matrix"], dataset.class_names, run_dir / "plots" / "confusion_matrix.png")
     write_text_atomically(run_dir / "results.json", json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(run_dir / BACKUP, ignore_errors=True)  # kept until now: a failure above (a full disk) resumes into this
     shutil.rmtree(previous_run(run_dir), ignore_errors=True)  # a run this one replaced with --overwrite
     tta = " with flip TTA" if test["tta_flip"] else ""
     print(f"test accuracy {test['accuracy']:.4f}{tta} (loss {test['loss']:.4f}) -> {run_dir / 'results.json'}", flush=True)
