@@ -26,7 +26,7 @@ def test_released_weights_built_with_other_options_show_their_own_params(capsys)
     """The released lenet5 has batch norm: 62,094 params, not the default builder's 62,006."""
     assert main(["list", "lenet5", "vgg16_bn"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^lenet5 +62,006 +651.72K +16x16 +cifar10 \(62,094 params\)$", out, re.M)
+    assert re.search(r"^lenet5 +62,006 +651.72K +16x16 +cifar10 \(62,094 params\), mnist \(61,794 params\)$", out, re.M)
     assert re.search(r"^vgg16_bn +15,262,026 +313.73M +32x32 +cifar10$", out, re.M)  # the same as the default
     assert main(["info", "lenet5"]) == 0
     assert "released weights: cifar10 (62,094 params, with batch_norm=True)" in capsys.readouterr().out
