@@ -404,7 +404,7 @@ def build_parser():
 
     p = commands.add_parser("train", help="train a recipe into a run folder (re-run to resume)")
     p.add_argument("recipe", help="a shipped recipe name (see zoo list --recipes) or a path to a .toml recipe")
-    p.add_argument("--data-dir", help="image folders DIR/train/<class>/*, DIR/test/<class>/* instead of tensorflow-datasets")
+    p.add_argument("--data-dir", help="image folders DIR/train/<class>/*, DIR/test/<class>/* (or DIR/<class>/*), or a folder of MNIST-style idx files, instead of tensorflow-datasets")
     p.add_argument("--tfds-data-dir", help=TFDS_DATA_DIR_HELP)
     p.add_argument("--epochs", type=_positive_int, help="override training.epochs")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any recipe key, e.g. optimizer.learning_rate=0.05")
