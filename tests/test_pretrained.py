@@ -192,6 +192,20 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     assert again["files"]["model.weights.h5"] == card["files"]["model.weights.h5"]
     assert all(sha256(folder / name) == entry["sha256"] for name, entry in again["files"].items())
     assert mobile.read_metadata(folder / "model_int8.tflite")["labels"] == card["data"]["classes"]
+    # A full disk while releasing again: one line, the release as it was.
+    import errno
+
+    import zoo.release
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    before = {p.name: sha256(p) for p in folder.iterdir()}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zoo.release, "save_float16_weights", disk_full)
+        assert main([*args, "--overwrite"]) == 1
+    assert f"zoo release: error: no space left on the device: could not write {folder}; what was there before is kept." in capsys.readouterr().err
+    assert {p.name: sha256(p) for p in folder.iterdir()} == before and sorted(p.name for p in folder.parent.iterdir()) == ["lenet5_tiny"]
     # An existing release is kept unless --overwrite; bad arguments fail before any work.
     assert main(args) == 2
     assert "exists" in capsys.readouterr().err

@@ -670,3 +670,28 @@ def test_a_full_disk_while_writing_results_keeps_the_trained_run_and_the_same_co
     for a, b in zip(weights_of(run_dir / "model.keras"), trained):
         np.testing.assert_array_equal(a, b)
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 2
+
+
+def test_a_full_disk_while_writing_the_backup_says_so_and_the_same_command_resumes(small_cifar10, tmp_path, monkeypatch, capsys):
+    import errno
+
+    run_dir = tmp_path / "run"
+    args = quick_args(small_cifar10, run_dir, epochs=3, limit=500)
+    real_save_weights, calls = keras.Model.save_weights, []
+
+    def save_until_the_disk_fills(model, filepath, *a, **k):
+        calls.append(filepath)
+        if len(calls) == 2:  # the second backup: half written, then the disk is full
+            pathlib.Path(filepath).write_bytes(b"\x89HDF half a file")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save_weights(model, filepath, *a, **k)
+
+    monkeypatch.setattr(keras.Model, "save_weights", save_until_the_disk_fills)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"zoo train: error: no space left on the device: could not write {run_dir / 'backup'}; what was there before is kept." in err
+    assert len(err.strip().splitlines()) == 1
+    monkeypatch.undo()
+    assert main(args) == 0  # Keras' double checkpoint falls back to the backup before the damaged one
+    assert "resuming from epoch" in capsys.readouterr().out
+    assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3 and epochs_logged(run_dir) == [0, 1, 2]

@@ -13,7 +13,7 @@ import tempfile
 import numpy as np
 
 from zoo.backends import BACKENDS, choose as choose_backend
-from zoo.files import DiskFull, check_output_folder
+from zoo.files import DiskFull, check_output_folder, disk_full
 
 # TensorFlow's start-up lines on a machine without a GPU (or without AVX flags compiled in).
 # They are printed by C++ before Python's logging exists; any other line still reaches stderr.
@@ -552,6 +552,12 @@ def _run(args):
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {_as_cli_options(str(e))}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk met outside zoo's own writes (Keras' backup): the same line
+        full = disk_full(e, e.filename or (os.path.join(args.run_dir, "backup") if getattr(args, "run_dir", None) else "the output"))
+        if full is None:
+            raise
+        print(f"zoo {args.command}: error: {full.strerror}", file=sys.stderr)
+        return 1
     except CommandFailed as e:
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 1
