@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -311,3 +312,29 @@ def test_export_under_another_backend_says_to_use_tensorflow(lenet, tmp_path, mo
     assert main(["release", str(tmp_path), "--out", str(tmp_path / "rel")]) == 2
     assert "run it with KERAS_BACKEND=tensorflow" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_an_export_leaves_the_old_export_whole_and_no_staging(small_cifar10, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from zoo.files import sha256
+
+    out = tmp_path / "export"
+    command = [sys.executable, "-m", "zoo.cli", "export", "lenet5", "--weights", "cifar10", "--out", str(out), "--formats", "tflite",
+               "--calibration-data", str(small_cifar10), "--verify-images", "100", "--overwrite"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    assert subprocess.run([*command[:-1], "--quantize", "float32"], env=env, capture_output=True).returncode == 0
+    before = {p.name: sha256(p) for p in out.iterdir() if p.is_file()}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob(".export-*")):  # the staging folder: the export is being written
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "zoo export: terminated (SIGTERM)" in err and "Traceback" not in err, err[-2000:]
+    assert {p.name: sha256(p) for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]

@@ -695,3 +695,16 @@ def test_a_full_disk_while_writing_the_backup_says_so_and_the_same_command_resum
     assert main(args) == 0  # Keras' double checkpoint falls back to the backup before the damaged one
     assert "resuming from epoch" in capsys.readouterr().out
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3 and epochs_logged(run_dir) == [0, 1, 2]
+
+
+def test_reading_the_checkpoint_while_a_run_writes_it_always_gets_a_whole_model(small_cifar10, tmp_path):
+    from zoo.loading import load_keras_file
+
+    run_dir = tmp_path / "run"
+    proc = zoo_process(quick_args(small_cifar10, run_dir, epochs=6, limit=500))
+    loads, deadline = 0, time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if (run_dir / "model.keras").exists():
+            load_keras_file(run_dir / "model.keras")  # as `zoo eval RUN` does while it trains: never half a file
+            loads += 1
+    assert proc.wait() == 0 and loads >= 3
