@@ -1,6 +1,7 @@
 """Released weights: `weights="cifar10"`, the model cards, their accuracy on the local test half, `zoo release`."""
 
 import json
+import os
 import re
 import shutil
 import zipfile
@@ -311,3 +312,27 @@ def test_corrupt_files_are_one_line_naming_the_file(capsys, tmp_path, monkeypatc
         archive.writestr("notes.txt", "hello")
     err = _error_of(["eval", "empty.keras"], capsys).splitlines()
     assert len(err) == 1 and "Cannot load empty.keras as a Keras model" in err[0], err
+
+
+def test_sigterm_during_a_release_leaves_the_release_as_it_was(small_cifar10, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.setenv("ZOO_SAVED_MODELS", str(tmp_path / "saved_models"))
+    assert main(quick_args(small_cifar10, tmp_path / "run", epochs=1, limit=500)) == 0
+    folder = tmp_path / "saved_models" / "lenet5_tiny"
+    command = [sys.executable, "-m", "zoo.cli", "release", str(tmp_path / "run"), "--data-dir", str(small_cifar10), "--tag", "tiny", "--out", str(folder)]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    before = {p.name: sha256(p) for p in folder.iterdir()}
+    process = subprocess.Popen([*command, "--overwrite"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not list(folder.parent.glob(".lenet5_tiny-*")):  # its staging folder: the new release is being written
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "zoo release: terminated (SIGTERM)" in err and "Traceback" not in err, err[-2000:]
+    assert {p.name: sha256(p) for p in folder.iterdir()} == before and sorted(p.name for p in folder.parent.iterdir()) == ["lenet5_tiny"]

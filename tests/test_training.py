@@ -708,3 +708,20 @@ def test_reading_the_checkpoint_while_a_run_writes_it_always_gets_a_whole_model(
             load_keras_file(run_dir / "model.keras")  # as `zoo eval RUN` does while it trains: never half a file
             loads += 1
     assert proc.wait() == 0 and loads >= 3
+
+
+def test_a_second_ctrl_c_stops_at_once(small_cifar10, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = zoo_process(quick_args(small_cifar10, run_dir, epochs=30, limit=500))
+    metadata = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while not metadata.exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    started = time.time()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (130, -signal.SIGINT) and time.time() - started < 30, out[-2000:]
+    assert not (run_dir / "results.json").exists() and metadata.exists()

@@ -552,12 +552,6 @@ def _run(args):
     except (ValueError, FileNotFoundError, FileExistsError) as e:  # bad input: say what, no traceback
         print(f"zoo {args.command}: error: {_as_cli_options(str(e))}", file=sys.stderr)
         return 2
-    except OSError as e:  # a full disk met outside zoo's own writes (Keras' backup): the same line
-        full = disk_full(e, e.filename or (os.path.join(args.run_dir, "backup") if getattr(args, "run_dir", None) else "the output"))
-        if full is None:
-            raise
-        print(f"zoo {args.command}: error: {full.strerror}", file=sys.stderr)
-        return 1
     except CommandFailed as e:
         print(f"zoo {args.command}: error: {e}", file=sys.stderr)
         return 1
@@ -569,6 +563,12 @@ def _run(args):
         return 143 if terminated else 130
     except BrokenPipeError:  # the reader stopped early (`zoo info vgg16 | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 1
+    except OSError as e:  # after BrokenPipeError (an OSError too): a full disk met outside zoo's own writes (Keras' backup): the same line
+        full = disk_full(e, e.filename or (os.path.join(args.run_dir, "backup") if getattr(args, "run_dir", None) else "the output"))
+        if full is None:
+            raise
+        print(f"zoo {args.command}: error: {full.strerror}", file=sys.stderr)
         return 1
     return 0
 
