@@ -619,21 +619,28 @@ raise SystemExit(code)
     assert results["test_accuracy"] > 0.2
 
 
+def fill_the_disk_at_the_second_call(monkeypatch, method, partial):
+    """`keras.Model.<method>` writes `partial` and raises ENOSPC on its second call, as a disk that fills mid-write."""
+    import errno
+
+    real, calls = getattr(keras.Model, method), []
+
+    def until_the_disk_fills(model, *a, **k):
+        calls.append(a[0] if a else k["filepath"])
+        if len(calls) == 2:
+            pathlib.Path(calls[-1]).write_bytes(partial)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(keras.Model, method, until_the_disk_fills)
+
+
 def test_a_full_disk_while_writing_the_best_checkpoint_keeps_the_last_one_and_the_same_command_resumes(small_cifar10, tmp_path, monkeypatch, capsys):
     import errno
 
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=3, limit=500)
-    real_save, calls = keras.Model.save, []
-
-    def save_until_the_disk_fills(model, path, *a, **k):
-        calls.append(path)
-        if len(calls) == 2:  # the second checkpoint: half written, then the disk is full
-            pathlib.Path(path).write_bytes(b"PK\x03\x04 half a zip")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(model, path, *a, **k)
-
-    monkeypatch.setattr(keras.Model, "save", save_until_the_disk_fills)
+    fill_the_disk_at_the_second_call(monkeypatch, "save", b"PK\x03\x04 half a zip")  # the second checkpoint
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"zoo train: error: no space left on the device: could not write {run_dir / 'model.keras'}; what was there before is kept." in err
@@ -677,16 +684,7 @@ def test_a_full_disk_while_writing_the_backup_says_so_and_the_same_command_resum
 
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=3, limit=500)
-    real_save_weights, calls = keras.Model.save_weights, []
-
-    def save_until_the_disk_fills(model, filepath, *a, **k):
-        calls.append(filepath)
-        if len(calls) == 2:  # the second backup: half written, then the disk is full
-            pathlib.Path(filepath).write_bytes(b"\x89HDF half a file")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save_weights(model, filepath, *a, **k)
-
-    monkeypatch.setattr(keras.Model, "save_weights", save_until_the_disk_fills)
+    fill_the_disk_at_the_second_call(monkeypatch, "save_weights", b"\x89HDF half a file")  # the second backup
     assert main(args) == 1
     err = capsys.readouterr().err
     assert f"zoo train: error: no space left on the device: could not write {run_dir / 'backup'}; what was there before is kept." in err
