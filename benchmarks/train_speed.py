@@ -40,7 +40,8 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
     import keras
     from zoo import recipe as recipes
     from zoo.data import Batches, Split, one_hot
-    from zoo.training import build_model, has_accelerator, make_optimizer, resolve_precision
+    from zoo.optimizer import make_optimizer
+    from zoo.training import build_model, has_accelerator, resolve_precision
 
     recipe = recipes.load(f"{model_name}_cifar10", _overrides())
     keras.config.set_dtype_policy(resolve_precision(recipe["training"]["precision"] if precision == "recipe" else precision))

@@ -149,14 +149,34 @@ def test_the_head_is_rebuilt_for_the_datas_classes_and_the_rest_keeps_the_weight
     start = finetune.resolve("lenet5", "cifar10", {"batch_norm": True})
     model = lenet5(num_classes=classes, batch_norm=True)
     change = finetune.transfer(start, model, [f"c{i}" for i in range(classes)])
-    assert change == {"new": ["predictions"], "classes": (10, classes)}
+    assert change == {"new": ["predictions"], "classes": (10, classes), "channels": None}
     for name in ("block1_conv1", "block2_bn1", "fc1", "fc2"):
         for a, b in zip(model.get_layer(name).get_weights(), start.model.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
     assert model.get_layer("predictions").get_weights()[0].shape == (84, classes)
     assert finetune.head_summary(start, change) == f"from cifar10 weights, new head: 10 -> {classes} classes"
     same = lenet5(batch_norm=True)
-    assert finetune.transfer(start, same, start.class_names) == {"new": [], "classes": None}  # same classes: all kept
+    assert finetune.transfer(start, same, start.class_names) == {"new": [], "classes": None, "channels": None}  # same classes: all kept
+
+
+@pytest.mark.parametrize("weights, channels", [("cifar10", 1), ("mnist", 3)])
+def test_weights_for_another_channel_count_are_adapted_in_the_first_convolution(weights, channels, mnist_dir):
+    """RGB weights on grey data and grey weights on RGB data (timm's in_chans): a grey digit gives the
+    model built for the new channel count the same probabilities as the released model gives it."""
+    from zoo.data import as_rgb
+    from zoo.idx import fit, load_split
+
+    start = finetune.resolve("lenet5", weights, {"batch_norm": True})
+    model = lenet5(batch_norm=True, input_shape=(32, 32, channels))
+    change = finetune.transfer(start, model, start.class_names)
+    before = start.model.input.shape[-1]
+    assert change == {"new": [], "classes": None, "channels": (before, channels)}
+    assert finetune.head_summary(start, change) == f"from {weights} weights, head kept, first convolution adapted: {before} -> {channels} channels"
+    digits = fit(load_split(mnist_dir, "test")[0][:64], (32, 32), 1).astype("float32")
+    as_channels = lambda images, c: images if c == 1 else as_rgb(images)
+    np.testing.assert_allclose(
+        model.predict(as_channels(digits, channels), verbose=0), start.model.predict(as_channels(digits, before), verbose=0), rtol=1e-5, atol=1e-4
+    )
 
 
 def test_another_image_size_keeps_the_backbone_and_renews_what_depends_on_it(small_cifar10, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -34,10 +35,12 @@ def quick_args(data_dir, out, epochs=2, limit=2000):
 
 
 def zoo_process(args, env=None, **kwargs):
+    """`zoo ARGS` as a user starts it: Ctrl-C acts even when the tests run as a background job (which
+    starts them with SIGINT ignored)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "zoo.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=env, cwd=REPO, **kwargs,
+        env=env, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs,
     )
 
 
@@ -141,6 +144,22 @@ def test_eval_reports_the_same_test_accuracy(trained_run, small_cifar10, capsys)
     assert main(["eval", str(trained_run / "model.keras"), "--data-dir", str(small_cifar10)]) == 0
     text = capsys.readouterr().out
     assert f"accuracy {results['test_accuracy']:.4f}" in text and "confusion matrix" in text
+
+
+def test_multi_view_tta_averages_the_mirror_and_one_pixel_shifts_of_each_view(trained_run, small_cifar10, capsys):
+    from zoo.data import load_image_folder_split
+    from zoo.evaluation import probabilities
+
+    model = keras.saving.load_model(trained_run / "model.keras")
+    images = load_image_folder_split(small_cifar10, "test", (32, 32))[0].images[:40]
+    padded = lambda x: np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # noqa: E731 - black edges
+    up_left, down_right = lambda x: padded(x)[:, 2:, 2:], lambda x: padded(x)[:, :-2, :-2]  # noqa: E731 - moved by one pixel
+    mirrored = images[:, :, ::-1]
+    views = [images, mirrored, up_left(images), down_right(images), up_left(mirrored), down_right(mirrored)]
+    expected = np.mean([probabilities(model, view) for view in views], axis=0)
+    np.testing.assert_allclose(probabilities(model, images, tta_flip=True, tta_shift=1), expected, rtol=1e-6, atol=1e-9)
+    assert main(["eval", str(trained_run), "--data-dir", str(small_cifar10), "--tta-flip", "--tta-shift", "1", "--limit", "40"]) == 0
+    assert "(40 images, flip + 1-pixel shifts TTA)" in capsys.readouterr().out
 
 
 def test_a_finished_run_is_not_overwritten(trained_run, small_cifar10, capsys):
@@ -428,6 +447,37 @@ def test_best_checkpoint_every_n_epochs_writes_the_best_weights_with_the_backups
     assert written() == {3.0}
     checkpoint.on_train_end()  # a run that ends (or stops) between writes keeps its best epoch
     assert written() == {6.0}
+
+
+def test_with_no_validation_images_a_run_trains_on_every_image_and_keeps_its_last_epoch(small_cifar10, tmp_path, monkeypatch):
+    """Release mode (data.validation_size = 0, as the peers train on all 50,000): the last epoch is the
+    checkpoint, results and the card say so."""
+    from zoo import recipe as recipes
+    from zoo import training
+    from zoo import run_folder
+    from zoo.release import card_readme
+
+    recipe = recipes.load("lenet5_cifar10", [
+        f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=0", "data.limit=1000",
+        "training.epochs=2", "training.tta_flip=false", "training.precision='float32'",
+    ])
+    seen, end_of_epoch = {}, training.RunState.on_epoch_end
+
+    def record(self, epoch, logs=None):
+        seen[epoch] = self.model.get_weights()
+        end_of_epoch(self, epoch, logs)
+
+    monkeypatch.setattr(training.RunState, "on_epoch_end", record)
+    results = training.train(recipe, tmp_path / "run", verbose=0)
+    assert results["data"]["train_images"] == 1000 and results["data"]["val_images"] == 0
+    assert results["val_accuracy"] is None and results["checkpoint"] == "last epoch (no validation images)"
+    for a, b in zip(weights_of(tmp_path / "run" / "model.keras"), seen[1]):
+        np.testing.assert_array_equal(a, b)
+    assert [row["val_accuracy"] for row in csv.DictReader(open(tmp_path / "run" / "history.csv"))] == ["NA", "NA"]  # Keras' CSVLogger
+    assert run_folder.best_validation(tmp_path / "run" / "history.csv") == (-math.inf, -math.inf)
+    card = json.loads(pathlib.Path(REPO, "saved_models", "lenet5_mnist", "model_card.json").read_text())
+    card["training"]["val_accuracy"], card["data"]["val_images"] = None, 0
+    assert "trained on all 55,000 training images, no validation split: the last epoch is released." in card_readme(card)
 
 
 def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_cifar10, tmp_path, monkeypatch):

@@ -19,16 +19,18 @@ class BestCheckpoint(keras.callbacks.Callback):
     backup, so a resumed run finds the checkpoint of the epoch it resumes from) and at the end.
     The file holds the model without its compile state: the optimizer lives in the backup, and a
     model file loads anywhere, without zoo (fine-tuning's optimizer is a zoo class).
+    With `last`, there is no validation (a release trained on every training image): each epoch
+    whose loss is finite replaces the one before.
     """
 
-    def __init__(self, path, best=(-math.inf, -math.inf), every=1):
+    def __init__(self, path, best=(-math.inf, -math.inf), every=1, last=False):
         super().__init__()
-        self.path, self.best, self.every = pathlib.Path(path), best, every
+        self.path, self.best, self.every, self.last = pathlib.Path(path), best, every, last
         self.waiting = None  # the best weights, while not yet written
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        score = validation_score(logs.get("val_accuracy"), logs.get("val_loss"))
+        score = (epoch,) if self.last else validation_score(logs.get("val_accuracy"), logs.get("val_loss"))
         improved = score is not None and score > self.best and math.isfinite(logs.get("loss", 0.0))
         if improved:
             self.best = score
@@ -66,6 +68,17 @@ class BestCheckpoint(keras.callbacks.Callback):
         finally:
             self.model.set_weights(current)
         self.waiting = None
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' `SwapEMAWeights(swap_on_epoch=True)`, resumable: the optimizer's moving average of the
+    weights (`use_ema`) is in the model for validation and from each epoch's end to the next one's
+    start, so the best checkpoint and the backup hold it, while the steps train the raw weights.
+    A backup is therefore written with the average in the model: `resumed` says the run starts so."""
+
+    def __init__(self, resumed=False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
 
 
 class PeriodicBackup(keras.callbacks.BackupAndRestore):

@@ -176,6 +176,11 @@ def cmd_train(args):
         raise CommandFailed(e) from None
 
 
+def _tta_words(args):
+    views = ["flip"] * args.tta_flip + [f"{args.tta_shift}-pixel shifts"] * bool(args.tta_shift)
+    return f", {' + '.join(views)} TTA" if views else ""
+
+
 def cmd_eval(args):
     import json
 
@@ -206,11 +211,11 @@ def cmd_eval(args):
             raise DataUnavailableError(f"{e} The figures of {_model_title(args)} were measured on {card['data']['test']}.") from None
         test, class_names, source, part = dataset.test, dataset.class_names, dataset.source, "test"
     check_classes(model, class_names, model_class_names, source)
-    result = evaluate(model, test, class_names, tta_flip=args.tta_flip)
+    result = evaluate(model, test, class_names, tta_flip=args.tta_flip, tta_shift=args.tta_shift or 0)
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{_model_title(args)} on {source}, {part} ({result['images']} images{', flip TTA' if args.tta_flip else ''})")
+    print(f"{_model_title(args)} on {source}, {part} ({result['images']} images{_tta_words(args)})")
     print(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}\n")
     rows = [(name, f"{acc:.4f}") for name, acc in result["per_class_accuracy"].items()]
     print(_table(rows, ("class", "accuracy")))
@@ -233,7 +238,9 @@ def cmd_release(args):
         verb = "released"
     print(
         f"{verb} {card['model']}(weights={card['weights']!r}) -> {card['folder']}"
-        f"\ntest top-1 {_pct(card['accuracy']['test_top1'])} (flip TTA {_pct(card['accuracy']['test_top1_flip_tta'])}), "
+        f"\ntest top-1 {_pct(card['accuracy']['test_top1'])}"
+        + (f" (flip TTA {_pct(card['accuracy']['test_top1_flip_tta'])})" if card["accuracy"]["test_top1_flip_tta"] is not None else "")
+        + ", "
         f"int8 {_pct(card['int8']['test_top1'])}"
     )
 
@@ -435,6 +442,10 @@ def build_parser():
     p.add_argument("--tfds-data-dir", help=TFDS_DATA_DIR_HELP)
     p.add_argument("--limit", type=_positive_int, help="evaluate only this many test images")
     p.add_argument("--tta-flip", action="store_true", help="average with the mirrored images")
+    p.add_argument(
+        "--tta-shift", type=_positive_int, metavar="PIXELS",
+        help="also average each view shifted by PIXELS up-left and down-right (multi-view TTA; 1 is the fast-CIFAR choice)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_eval)
 

@@ -131,7 +131,7 @@ def load_test_images(data_dir, image_size, channels=3, split=None):
     its results.json: seed and test_fraction), else every image in it."""
     if not is_single_folder(data_dir):
         test, class_names = load_image_folder_split(data_dir, "test", image_size, channels)
-        return test, class_names, "test/"
+        return test, class_names, "its test idx files" if idx.is_idx_folder(data_dir) else "test/"
     if split and "test_fraction" in split:
         dataset = load_dataset(
             data_dir=data_dir, image_size=image_size, channels=channels, validation_size=0,

@@ -361,14 +361,20 @@ def _export_into(model, folder, formats, quantize, calibration, verification, la
     if "saved_model" in formats:
         to_saved_model(model, folder / "saved_model")
         outputs = ["probabilities"] if outputs_probabilities(model) else ["probabilities", "logits"]
-        record["saved_model"] = {"path": "saved_model", "signature": "serving_default", "input": "image: uint8 [batch, H, W, C], 0-255 RGB", "outputs": outputs}
+        grey = model.input.shape[-1] == 1
+        record["saved_model"] = {
+            "path": "saved_model", "signature": "serving_default", "outputs": outputs,
+            "input": f"image: uint8 [batch, H, W, {1 if grey else 3}], 0-255 {'grey' if grey else 'RGB'}",
+        }
     failures = []
     if "tflite" in formats:
         failures = _export_tflite(model, folder, record["variants"], quantize, calibration, verification, labels, class_names, metadata)
     if failures and enforce_bounds:
         raise ExportError("Export failed verification (against Keras, and through MediaPipe): " + "; ".join(failures) + ". Nothing was written.")
     if "web" in formats:
-        record["web"] = web.write_page(folder, record["variants"], title=metadata["name"])
+        height, width, channels = model.input.shape[1:]
+        drawing_size = (height, width) if channels == 1 else None
+        record["web"] = web.write_page(folder, record["variants"], title=metadata["name"], drawing_size=drawing_size)
     _write_record(folder, record)
     return record
 

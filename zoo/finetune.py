@@ -7,6 +7,9 @@ layer whose weights have the same shapes keeps them. The convolutional backbone 
 weights do not depend on the image size); the classifier (`predictions`) is new when the classes
 differ in number or names, and a hidden dense layer (`fc1`) is new when another image size changes
 the width of the flattened feature map feeding it (VGG at 64x64: 2x2x512 instead of 1x1x512).
+Weights for another channel count (RGB weights for greyscale data, or the reverse) are adapted in the
+first convolution as timm's `in_chans` does: its kernel summed over RGB for one channel, or repeated
+and divided by three for three, so a grey image repeated as RGB gives the same activations.
 """
 
 import dataclasses
@@ -14,6 +17,7 @@ import json
 import pathlib
 
 import keras
+import numpy as np
 
 from zoo import pretrained
 from zoo.files import sha256
@@ -82,16 +86,23 @@ def _checked(start, model_name):
 
 def transfer(start, model, class_names):
     """Copy `start`'s weights into `model` layer by layer where they fit; returns what changed,
-    `{"new": [layer names], "classes": (from, to) or None}`. A backbone layer that does not fit
+    `{"new": [layer names], "classes": (from, to) or None, "channels": (from, to) or None}`. A backbone layer that does not fit
     (another architecture, batch norm on one side only) is a ValueError naming it."""
     source = {layer.name: layer for layer in start.model.layers}
+    first_conv = next((layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)), None)
     same_classes = start.class_names is not None and list(start.class_names) == list(class_names)
-    new, backbone_end = [], head_start(model)
+    new, channels, backbone_end = [], None, head_start(model)
     for index, layer in enumerate(model.layers):
         if not layer.weights:
             continue
         found = source.get(layer.name)
         fits = found is not None and [tuple(w.shape) for w in found.weights] == [tuple(w.shape) for w in layer.weights]
+        if layer is first_conv and found is not None and not fits:
+            adapted = adapt_input_channels(found.get_weights(), layer.weights[0].shape[2])
+            if adapted is not None and [w.shape for w in adapted] == [tuple(w.shape) for w in layer.weights]:
+                layer.set_weights(adapted)
+                channels = (found.weights[0].shape[2], layer.weights[0].shape[2])
+                continue
         if index < backbone_end:
             if not fits:
                 raise ValueError(
@@ -104,7 +115,21 @@ def transfer(start, model, class_names):
             continue
         layer.set_weights(found.get_weights())
     source_classes = len(start.class_names) if start.class_names is not None else None
-    return {"new": new, "classes": (source_classes, len(class_names)) if "predictions" in new else None}
+    return {"new": new, "classes": (source_classes, len(class_names)) if "predictions" in new else None, "channels": channels}
+
+
+def adapt_input_channels(weights, channels):
+    """A first convolution's `[kernel, bias...]` for `channels` input channels (1 <-> 3), or None: RGB
+    kernels summed for grey, grey kernels repeated over RGB and divided by 3 (timm's `adapt_input_conv`)."""
+    kernel, *rest = weights
+    before = kernel.shape[2]
+    if (before, channels) == (3, 1):
+        kernel = kernel.sum(axis=2, keepdims=True)
+    elif (before, channels) == (1, 3):
+        kernel = np.repeat(kernel, 3, axis=2) / 3
+    else:
+        return None
+    return [kernel, *rest]
 
 
 def head_start(model):
@@ -135,6 +160,8 @@ def head_summary(start, change):
         words += f", new head: {before if before is not None else '?'} -> {after} classes"
     else:
         words += ", head kept"
+    if change.get("channels"):
+        words += ", first convolution adapted: {} -> {} channels".format(*change["channels"])
     others = [name for name in change["new"] if name != "predictions"]
     return words + (f" ({', '.join(others)} new: another image size)" if others else "")
 

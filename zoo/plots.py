@@ -25,7 +25,7 @@ def history_curves(history_csv, path):
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for prefix, label in (("", "train"), ("val_", "validation")):
-            if rows and f"{prefix}{metric}" in rows[0]:
+            if rows and rows[0].get(f"{prefix}{metric}", "NA") != "NA":  # Keras' CSVLogger writes NA without validation
                 ax.plot(epochs, [float(r[f"{prefix}{metric}"]) for r in rows], marker=".", label=label)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)

@@ -120,11 +120,11 @@ def results_table():
         training, accuracy, int8 = c["training"], c["accuracy"], c["int8"]
         rows.append([
             model, tag, f"{c['params'] / 1e6:.2f}M", f"{c['macs'] / 1e6:.1f}M",
-            _pct(accuracy["test_top1"]), _pct(accuracy.get("test_top1_flip_tta")),
+            _pct(accuracy["test_top1"]), _pct(accuracy.get("test_top1_flip_tta")), _pct(accuracy.get("test_top1_multi_view_tta")),
             _pct(int8["test_top1"]), f"{int8['bytes'] / 2**20:.2f} MiB",
             str(training["epochs"]), f"{training['train_seconds'] / 60:.1f} min", training["hardware_summary"],
         ])
-    columns = ["model", "weights", "params:", "MACs:", "test top-1:", "+ flip TTA:", "int8 top-1:", "int8 size:", "epochs:", "train time:", "hardware"]
+    columns = ["model", "weights", "params:", "MACs:", "test top-1:", "+ flip TTA:", "multi-view TTA:", "int8 top-1:", "int8 size:", "epochs:", "train time:", "hardware"]
     return _markdown(columns, rows)
 
 

@@ -33,7 +33,7 @@ SCHEMA = {
         "tfds_data_dir": (str, ""),
         "image_size": (list, [32, 32]),
         "channels": (int, 3),  # 1: greyscale models (RGB files converted), 3: RGB
-        "validation_size": (int, 5000),
+        "validation_size": (int, 5000),  # the best epoch is kept by its accuracy; 0: all images train, the last epoch is kept
         "validation_fraction": (float, 0.0),  # > 0: this fraction of each class of train, instead of validation_size
         "test_fraction": (float, 0.2),  # for a single folder of class folders (no train/ and test/): each class's share
         "batch_size": (int, 128),  # per replica
@@ -49,6 +49,8 @@ SCHEMA = {
         "momentum": (float, 0.9),
         "nesterov": (bool, True),
         "weight_decay": (float, 5e-4),  # not applied to biases and batch-norm parameters
+        "use_ema": (bool, False),  # validate, checkpoint and release the weights' moving average
+        "ema_momentum": (float, 0.99),  # per step: the average forgets with a horizon of 1 / (1 - momentum) steps
     },
     "schedule": {
         "name": (str, "warmup_cosine"),
@@ -76,7 +78,7 @@ SCHEMA = {
 }
 
 CHOICES = {
-    ("schedule", "name"): ("warmup_cosine", "constant"),
+    ("schedule", "name"): ("warmup_cosine", "warmup_linear", "constant"),
     ("training", "precision"): ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
 }
 
@@ -92,7 +94,7 @@ RANGES = {
     ("data", "image_size"): ("[height, width], integers >= 1", _positive_ints(2)),
     ("data", "channels"): ("1 (greyscale) or 3 (RGB)", lambda v: v in (1, 3)),
     ("model", "num_classes"): (">= 2", lambda v: v >= 2),
-    ("data", "validation_size"): (">= 1 (the best checkpoint is chosen on it)", lambda v: v >= 1),
+    ("data", "validation_size"): (">= 0 (0: train on every image and keep the last epoch)", lambda v: v >= 0),
     ("data", "validation_fraction"): ("in [0, 1) (0: use validation_size)", lambda v: 0 <= v < 1),
     ("data", "test_fraction"): ("in (0, 1)", lambda v: 0 < v < 1),
     ("finetune", "frozen_epochs"): (">= 0", lambda v: v >= 0),
@@ -104,6 +106,7 @@ RANGES = {
     ("optimizer", "learning_rate"): ("> 0", lambda v: v > 0),
     ("optimizer", "momentum"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("optimizer", "weight_decay"): (">= 0", lambda v: v >= 0),
+    ("optimizer", "ema_momentum"): ("in (0, 1)", lambda v: 0 < v < 1),
     ("schedule", "warmup_epochs"): (">= 0", lambda v: v >= 0),
     ("schedule", "final_fraction"): ("in [0, 1]", lambda v: 0 <= v <= 1),
     ("training", "epochs"): (">= 1", lambda v: v >= 1),

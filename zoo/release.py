@@ -93,6 +93,7 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
     plain = evaluate(model, test, class_names)
     flips = recipes.load(run_dir / "recipe.toml")["augment"]["flip"]  # digits, text: a mirror image is another thing
     tta = evaluate(model, test, class_names, tta_flip=True) if flips else {"accuracy": None}
+    views = evaluate(model, test, class_names, tta_flip=flips, tta_shift=1)
     (folder / "recipe.toml").write_text(portable_recipe((run_dir / "recipe.toml").read_text(), test_description))
     card = {
         "name": f"{name}_{tag}",
@@ -106,6 +107,8 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
         "accuracy": {
             "test_top1": plain["accuracy"],
             "test_top1_flip_tta": tta["accuracy"],
+            "test_top1_multi_view_tta": views["accuracy"],
+            "multi_view_tta": ("the image and its mirror, " if flips else "the image, ") + "each also shifted by 1 pixel up-left and down-right",
             "test_loss": plain["loss"],
             "test_per_class_top1": plain["per_class_accuracy"],
             "test_images": plain["images"],
@@ -292,8 +295,10 @@ def card_readme(card):
     lines += [
         f"- Training: recipe `{card['recipe']['name']}` (`recipe.toml`, sha256 {card['recipe']['sha256'][:12]}…), "
         f"{training['epochs']} epochs in {training['train_seconds'] / 60:.1f} min on {training['hardware_summary']}; "
-        f"best validation accuracy {training['val_accuracy'] * 100:.2f}% on {card['data']['val_images']:,} images held out "
-        f"of {card['data']['train_images'] + card['data']['val_images']:,} training images.",
+        + (f"best validation accuracy {training['val_accuracy'] * 100:.2f}% on {card['data']['val_images']:,} images held out "
+           f"of {card['data']['train_images'] + card['data']['val_images']:,} training images."
+           if training["val_accuracy"] is not None else
+           f"trained on all {card['data']['train_images']:,} training images, no validation split: the last epoch is released."),
         *([f"- Fine-tuned from {training['starting_weights']['weights']} ({training['starting_weights']['head']}; "
            f"sha256 {training['starting_weights']['sha256'][:12]}…)."] if training.get("starting_weights") else []),
         f"- Weights stored as {card['weights_dtype']}.",

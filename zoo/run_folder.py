@@ -129,7 +129,8 @@ def best_validation(history_csv):
     if "val_accuracy" not in columns:
         return (-math.inf, -math.inf)
     accuracy, loss = columns.index("val_accuracy"), columns.index("val_loss") if "val_loss" in columns else None
-    scores = [validation_score(float(r.split(",")[accuracy]), float(r.split(",")[loss]) if loss is not None else None) for r in rows]
+    number = lambda row, column: None if column is None or row.split(",")[column] == "NA" else float(row.split(",")[column])  # noqa: E731
+    scores = [score for r in rows if (score := validation_score(number(r, accuracy), number(r, loss))) is not None]
     return max(scores, default=(-math.inf, -math.inf))
 
 

@@ -14,11 +14,12 @@ import tempfile
 import keras
 
 from zoo import finetune
-from zoo.callbacks import BestCheckpoint, PeriodicBackup, RunState, StopOnNaN
+from zoo.callbacks import AveragedWeights, BestCheckpoint, PeriodicBackup, RunState, StopOnNaN
 from zoo.data import Batches, EpochSync, folder_class_names, load_dataset, one_hot
 from zoo.evaluation import evaluate, hardware, versions
 from zoo.files import write_text_atomically
 from zoo.models import get_model
+from zoo.optimizer import make_optimizer
 from zoo.run_folder import (
     BACKUP, STATE, RunFolderError, best_validation, drop_if_empty, prepare_run_folder, previous_run, run_folder_lock,
 )
@@ -26,33 +27,6 @@ from zoo.run_folder import (
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN before the first checkpoint: the run has nothing to keep."""
-
-
-def make_optimizer(recipe, steps_per_epoch, backbone_paths=(), backbone_scale=1.0):
-    """SGD on the recipe's schedule; with `backbone_paths`, their steps scaled by `backbone_scale`."""
-    opt, sched = recipe["optimizer"], recipe["schedule"]
-    total = recipe["training"]["epochs"] * steps_per_epoch
-    if sched["name"] == "warmup_cosine":
-        warmup = min(int(sched["warmup_epochs"] * steps_per_epoch), total - 1)
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=0.0 if warmup else opt["learning_rate"],
-            decay_steps=max(total - warmup, 1),
-            alpha=sched["final_fraction"],
-            warmup_target=opt["learning_rate"] if warmup else None,
-            warmup_steps=warmup,
-        )
-    else:
-        learning_rate = opt["learning_rate"]
-    scaled = {"backbone_paths": backbone_paths, "backbone_scale": backbone_scale} if backbone_paths else {}
-    optimizer = (finetune.BackboneScaledSGD if backbone_paths else keras.optimizers.SGD)(
-        learning_rate=learning_rate,
-        momentum=opt["momentum"],
-        nesterov=opt["nesterov"],
-        weight_decay=opt["weight_decay"] or None,
-        **scaled,
-    )
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
-    return optimizer
 
 
 BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}
@@ -165,6 +139,8 @@ def _check_before_work(recipe, dist):
         finetune.transfer(start, probe, [])  # a backbone of another architecture
         if recipe["finetune"]["frozen_epochs"] and dist.strategy is not None:  # its own loop has no phases
             raise ValueError("finetune.frozen_epochs is not supported with --strategy multi_worker: set it to 0.")
+    if recipe["optimizer"]["use_ema"] and dist.strategy is not None:  # its own loop validates the raw weights
+        raise ValueError("optimizer.use_ema is not supported with --strategy multi_worker: set it to false.")
     if recipe["data"]["data_dir"]:
         _check_classes(recipe, folder_class_names(recipe["data"]["data_dir"]), recipe["data"]["data_dir"])
     return start
@@ -263,7 +239,8 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
             )
 
         compile_for(phases[0][2])
-    validation = (dataset.val.images, one_hot(dataset.val.labels, num_classes))
+    # No validation images (data.validation_size = 0): train on all of them and keep the last epoch.
+    validation = (dataset.val.images, one_hot(dataset.val.labels, num_classes)) if len(dataset.val) else None
     if dist.chief:
         split = dataset.split
         how = f" (one folder, {split['test_fraction']:.0%} of each class for test, seed {split['seed']})" if "test_fraction" in split else ""
@@ -280,7 +257,8 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
     if dist.chief:
         callbacks[:0] = [
-            BestCheckpoint(run_dir / "model.keras", best=best_validation(run_dir / "history.csv"), every=backup_every),
+            BestCheckpoint(run_dir / "model.keras", best=best_validation(run_dir / "history.csv"), every=backup_every)
+            if len(dataset.val) else BestCheckpoint(run_dir / "model.keras", best=(initial_epoch - 1,), every=backup_every, last=True),
             keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
         ]
         if keras.backend.backend() == "tensorflow":
@@ -288,6 +266,8 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         # Last, so an epoch counts as done only once everything above has been written for it.
         backup = PeriodicBackup(run_dir / BACKUP, every=backup_every)
         callbacks.append(backup)
+    if recipe["optimizer"]["use_ema"]:  # first: the checkpoint and the backup see the average
+        callbacks.insert(0, AveragedWeights(resumed=initial_epoch > 0))
     if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
         verbose = 1 if sys.stdout.isatty() else 0
     if dist.strategy is not None:
@@ -351,7 +331,8 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=No
         "recipe": recipe["name"],
         "epochs": epochs_done,
         "stopped": stopped,
-        "val_accuracy": best_validation(run_dir / "history.csv")[0],
+        "val_accuracy": best_validation(run_dir / "history.csv")[0] if len(dataset.val) else None,
+        "checkpoint": "best validation epoch" if len(dataset.val) else "last epoch (no validation images)",
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
         "test_per_class_accuracy": test["per_class_accuracy"],

@@ -4,12 +4,16 @@
 float32 one: its metadata carries the labels) and the JavaScript bundle and WebAssembly files of
 `@mediapipe/tasks-vision` from npm, so the folder works offline from any static file server
 (`python -m http.server -d web`). The user picks or drops an image and sees the top-3 classes.
-Opened as `index.html?image=RELATIVE_URL` it classifies that image on load and writes every class
+The page of a one-channel model (digits, letters) also has a canvas to draw on with mouse or finger,
+white on black as MNIST, classified while drawing: the strokes are placed as MNIST placed its digits
+(scaled into a 20x20 box, centred by their centre of mass in a 28x28 field, and that field put in the
+model's input as `zoo.idx.fit` puts it). Opened as `index.html?image=RELATIVE_URL` it classifies that image on load and writes every class
 into `<pre id="predictions">`, one `class<TAB>probability` line each, best first (for tests and
 scripts); `<p id="status">` reads `ready` once the model is loaded, or the error.
 """
 
 import html
+import json
 import os
 import pathlib
 import shutil
@@ -72,9 +76,10 @@ def tasks_vision_folder():
     return folder
 
 
-def write_page(folder, variants, *, title):
+def write_page(folder, variants, *, title, drawing_size=None):
     """Write `folder/web/` for the export in `folder`, whose TFLite `variants` (variant -> export.json
-    entry) were written there; returns the page's export.json entry."""
+    entry) were written there; `drawing_size` (the model's `(height, width)`) adds the drawing canvas.
+    Returns the page's export.json entry."""
     variant = next(v for v in MODEL_VARIANTS if v in variants)
     package = tasks_vision_folder()
     web = pathlib.Path(folder) / "web"
@@ -82,8 +87,12 @@ def write_page(folder, variants, *, title):
         (web / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(package / name, web / name)
     shutil.copyfile(pathlib.Path(folder) / variants[variant]["file"], web / "model.tflite")
-    (web / "index.html").write_text(PAGE.replace("{title}", html.escape(title)))
-    return {"page": "web/index.html", "model": "web/model.tflite", "variant": variant, "tasks_vision": f"{TASKS_VISION}@{TASKS_VISION_VERSION}"}
+    page = PAGE.replace("{title}", html.escape(title)).replace("{drawing_size}", json.dumps(list(drawing_size) if drawing_size else None))
+    (web / "index.html").write_text(page)
+    return {
+        "page": "web/index.html", "model": "web/model.tflite", "variant": variant, "drawing": drawing_size is not None,
+        "tasks_vision": f"{TASKS_VISION}@{TASKS_VISION_VERSION}",
+    }
 
 
 PAGE = """<!doctype html>
@@ -94,8 +103,11 @@ PAGE = """<!doctype html>
 <title>{title}: image classifier</title>
 <style>
   body { font: 16px/1.4 system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; padding: 0 1rem; }
-  #drop { border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; margin: 1rem 0; }
+  .inputs { display: flex; flex-wrap: wrap; gap: 1rem; align-items: flex-start; }
+  #drop { flex: 1 1 14rem; border: 2px dashed #888; border-radius: 8px; padding: 2rem; text-align: center; }
   #drop.over { background: #eef; }
+  #draw { flex: 0 0 auto; text-align: center; }
+  #canvas { width: 14rem; height: 14rem; background: #000; border-radius: 8px; touch-action: none; cursor: crosshair; display: block; }
   #preview { width: 12rem; height: auto; image-rendering: pixelated; display: block; margin: 1rem 0; }
   #preview:not([src]) { display: none; }
   #predictions { display: none; }
@@ -104,7 +116,13 @@ PAGE = """<!doctype html>
 <body>
 <h1>{title}</h1>
 <p>Pick or drop an image: it is classified here, in the browser, with MediaPipe Tasks for web. Nothing is uploaded.</p>
-<div id="drop"><input type="file" id="file" accept="image/*"><br>or drop an image here</div>
+<div class="inputs">
+  <div id="drop"><input type="file" id="file" accept="image/*"><br>or drop an image here</div>
+  <div id="draw" hidden>
+    <canvas id="canvas" width="280" height="280" aria-label="draw here"></canvas>
+    <button id="clear" type="button">clear</button> draw here, white on black
+  </div>
+</div>
 <img id="preview" alt="">
 <ol id="top3"></ol>
 <p id="status">loading the model...</p>
@@ -112,10 +130,12 @@ PAGE = """<!doctype html>
 <script type="module">
 import { FilesetResolver, ImageClassifier } from "./vision_bundle.mjs";
 
+const DRAWING_SIZE = {drawing_size};  // [height, width] of a one-channel model's input, else null
 const status = document.getElementById("status");
+const predictions = document.getElementById("predictions");
 let classifier;
 
-function show(result) {
+function show(result, source) {
   const categories = [...result.classifications[0].categories].sort((a, b) => b.score - a.score);
   const top3 = document.getElementById("top3");
   top3.replaceChildren(...categories.slice(0, 3).map((c) => {
@@ -123,15 +143,15 @@ function show(result) {
     item.textContent = `${c.categoryName}: ${(100 * c.score).toFixed(1)}%`;
     return item;
   }));
-  document.getElementById("predictions").textContent =
-    categories.map((c) => `${c.categoryName}\\t${c.score.toFixed(6)}`).join("\\n");
+  predictions.textContent = categories.map((c) => `${c.categoryName}\\t${c.score.toFixed(6)}`).join("\\n");
+  predictions.dataset.source = source;
 }
 
 async function classify(url) {
   const image = document.getElementById("preview");
   image.src = url;
   await image.decode();
-  show(classifier.classify(image));
+  show(classifier.classify(image), "image");
 }
 
 function classifyFile(file) {
@@ -144,7 +164,84 @@ drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); classifyFile(e.dataTransfer.files[0]); });
 document.getElementById("file").addEventListener("change", (e) => classifyFile(e.target.files[0]));
 
+// The strokes as MNIST placed its digits: the ink's bounding box scaled into a 20x20 box, moved so its
+// centre of mass sits at the centre of a 28x28 field, and that field put in the middle of the model's
+// input (or scaled to it, when the input is smaller), as zoo.idx.fit places MNIST's files.
+function asDigit(canvas) {
+  const ink = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+  let top = canvas.height, left = canvas.width, bottom = -1, right = -1;
+  for (let y = 0; y < canvas.height; y++) for (let x = 0; x < canvas.width; x++) {
+    if (ink[4 * (y * canvas.width + x)] > 0) {
+      top = Math.min(top, y); bottom = Math.max(bottom, y); left = Math.min(left, x); right = Math.max(right, x);
+    }
+  }
+  if (bottom < 0) return null;
+  const scale = 20 / Math.max(bottom - top + 1, right - left + 1);
+  const width = Math.max(1, Math.round((right - left + 1) * scale)), height = Math.max(1, Math.round((bottom - top + 1) * scale));
+  const box = new OffscreenCanvas(width, height);
+  const boxContext = box.getContext("2d");
+  boxContext.imageSmoothingQuality = "high";
+  boxContext.drawImage(canvas, left, top, right - left + 1, bottom - top + 1, 0, 0, width, height);
+  const grey = boxContext.getImageData(0, 0, width, height).data;
+  let mass = 0, sumX = 0, sumY = 0;
+  for (let y = 0; y < height; y++) for (let x = 0; x < width; x++) {
+    const value = grey[4 * (y * width + x)];
+    mass += value; sumX += value * (x + 0.5); sumY += value * (y + 0.5);
+  }
+  if (mass === 0) return null;
+  const field = new OffscreenCanvas(28, 28);
+  const fieldContext = field.getContext("2d");
+  fieldContext.fillStyle = "#000";
+  fieldContext.fillRect(0, 0, 28, 28);
+  fieldContext.drawImage(box, Math.round(14 - sumX / mass), Math.round(14 - sumY / mass));
+  const [inputHeight, inputWidth] = DRAWING_SIZE;
+  const input = document.createElement("canvas");
+  input.width = inputWidth; input.height = inputHeight;
+  const inputContext = input.getContext("2d");
+  inputContext.fillStyle = "#000";
+  inputContext.fillRect(0, 0, inputWidth, inputHeight);
+  if (inputHeight >= 28 && inputWidth >= 28) inputContext.drawImage(field, Math.floor((inputWidth - 28) / 2), Math.floor((inputHeight - 28) / 2));
+  else inputContext.drawImage(field, 0, 0, inputWidth, inputHeight);
+  return input;
+}
+
+function setUpDrawing() {
+  const canvas = document.getElementById("canvas");
+  const context = canvas.getContext("2d");
+  context.lineCap = context.lineJoin = "round";
+  context.lineWidth = canvas.width / 14;  // MNIST's strokes are about a tenth of the digit's height
+  context.strokeStyle = "#fff";
+  let last = null, pending = false;
+  const clear = () => {
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    predictions.textContent = ""; delete predictions.dataset.source;
+    document.getElementById("top3").replaceChildren();
+  };
+  const classifyDrawing = () => {
+    pending = false;
+    const digit = asDigit(canvas);
+    if (digit && classifier) show(classifier.classify(digit), "drawing");
+  };
+  const at = (e) => {
+    const rect = canvas.getBoundingClientRect();
+    return [(e.clientX - rect.left) * canvas.width / rect.width, (e.clientY - rect.top) * canvas.height / rect.height];
+  };
+  const stroke = (to) => {
+    context.beginPath(); context.moveTo(...last); context.lineTo(...to); context.stroke();
+    last = to;
+    if (!pending) { pending = true; requestAnimationFrame(classifyDrawing); }
+  };
+  canvas.addEventListener("pointerdown", (e) => { canvas.setPointerCapture(e.pointerId); last = at(e); stroke(last); });
+  canvas.addEventListener("pointermove", (e) => { if (last) stroke(at(e)); });
+  const end = () => { if (last) { last = null; classifyDrawing(); } };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
+  document.getElementById("clear").addEventListener("click", clear);
+  document.getElementById("draw").hidden = false;
+}
+
 try {
+  if (DRAWING_SIZE) setUpDrawing();
   const vision = await FilesetResolver.forVisionTasks("./wasm");
   classifier = await ImageClassifier.createFromOptions(vision, {
     baseOptions: { modelAssetPath: "./model.tflite" },
