@@ -12,7 +12,7 @@ from zoo.data import Batches, Split, read_image
 
 from conftest import ROOT
 from test_portability import run_python
-from test_training import quick_args, run_zoo, weights_of
+from test_training import finished, quick_args, weights_of, zoo_process
 
 SETTINGS = [
     {"crop_padding": 4, "flip": True, "cutout": 0},  # the shipped recipes
@@ -81,10 +81,11 @@ def test_the_draw_keeps_the_random_stream_runs_always_had():
 
 def test_a_jax_run_augmented_on_the_device_trains_the_same_weights_as_on_the_host(small_cifar10, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    runs = {}
-    for where in ("host", "device"):
-        args = [*quick_args(small_cifar10, tmp_path / where, epochs=2, limit=400), "--set", "augment.cutout=8", "--augment-on", where]
-        runs[where] = run_zoo(args, env=env)
+    started = {  # both at once: each is mostly one core's start-up
+        where: zoo_process([*quick_args(small_cifar10, tmp_path / where, epochs=2, limit=400), "--set", "augment.cutout=8", "--augment-on", where], env)
+        for where in ("host", "device")
+    }
+    runs = {where: finished(proc) for where, proc in started.items()}
     assert "(augmented on the device)" in runs["device"] and "(augmented on the device)" not in runs["host"]
     for a, b in zip(weights_of(tmp_path / "host" / "model.keras"), weights_of(tmp_path / "device" / "model.keras")):
         np.testing.assert_array_equal(a, b)

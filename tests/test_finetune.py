@@ -116,7 +116,7 @@ def test_a_finetuned_run_exports_predicts_and_draws_with_its_own_class_names(fin
     assert main(["eval", str(run), "--data-dir", str(photos), "--tta-flip", "--json"]) == 0  # as the recipe measured it
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(json.loads((run / "results.json").read_text())["test_accuracy"])
     out = tmp_path / "export"
-    args = ["export", str(run), "--out", str(out), "--formats", "tflite", "--quantize", "float32,int8", "--calibration-data", str(photos)]
+    args = ["export", str(run), "--out", str(out), "--formats", "tflite", "--quantize", "int8", "--calibration-data", str(photos)]
     assert main(args) == 0
     capsys.readouterr()
     assert (out / "labels.txt").read_text().splitlines() == ["drives", "flies", "floats"]
@@ -140,7 +140,10 @@ def test_a_finetuned_run_is_released_with_its_starting_weights(finetuned_and_scr
     card = json.loads((tmp_path / "saved_models" / "vgg11_bn_photos" / "model_card.json").read_text())
     assert card["data"]["classes"] == ["drives", "flies", "floats"]
     assert card["training"]["starting_weights"]["weights"] == "cifar10"
-    assert "Fine-tuned from cifar10" in (tmp_path / "saved_models" / "vgg11_bn_photos" / "README.md").read_text()
+    readme = (tmp_path / "saved_models" / "vgg11_bn_photos" / "README.md").read_text()
+    assert "Fine-tuned from cifar10" in readme
+    views = card["accuracy"]["test_top1_multi_view_tta"]  # the mirror and 1-pixel shifts, beside the plain figure
+    assert 0 < views <= 1 and f"Multi-view TTA (the image and its mirror, each also shifted by 1 pixel up-left and down-right): {views * 100:.2f}%." in readme
     assert vgg11_bn(weights="photos").output.shape[-1] == 3
 
 

@@ -285,7 +285,8 @@ def card_readme(card):
         f"- Architecture: `{card['model']}({options})`, {card['params']:,} parameters, {card['macs'] / 1e6:.1f}M MACs per image.",
         f"- Test top-1: **{acc['test_top1'] * 100:.2f}%**"
         + (f" ({acc['test_top1_flip_tta'] * 100:.2f}% with flip TTA) " if acc["test_top1_flip_tta"] is not None else " (no flip TTA: it trains without flips) ")
-        + f"on {acc['test_images']:,} images: {card['data']['test']}; measured with {acc['measured_with']}.",
+        + f"on {acc['test_images']:,} images: {card['data']['test']}; measured with {acc['measured_with']}."
+        + (f" Multi-view TTA ({acc['multi_view_tta']}): {acc['test_top1_multi_view_tta'] * 100:.2f}%." if acc.get("test_top1_multi_view_tta") is not None else ""),
         f"- int8 TFLite (`{int8['file']}`, {int8['bytes'] / 2**20:.2f} MiB): top-1 {int8['test_top1'] * 100:.2f}%, "
         f"top-1 agreement with Keras {int8['agreement_with_keras'] * 100:.2f}% (details in `export.json`). "
         + (f"It carries its labels and MediaPipe metadata ({'loads in' if int8.get('mediapipe') else 'REFUSED by'} MediaPipe Tasks' "
