@@ -54,6 +54,7 @@ def test_the_backend_and_how_it_was_chosen_are_recorded(small_cifar10, tmp_path,
     assert recorded["used"] == "tensorflow" and recorded["requested"] == "auto" and recorded["why"].startswith("auto: CPU, tensorflow")
 
 
+@pytest.mark.slow
 @needs_torch
 def test_a_recipe_trains_and_resumes_under_torch_and_its_model_exports_under_tensorflow(small_cifar10, tmp_path, capsys):
     args = [*quick_args(small_cifar10, tmp_path / "torch", epochs=3, limit=600), "--backend", "torch"]
@@ -80,6 +81,7 @@ def test_a_recipe_trains_and_resumes_under_torch_and_its_model_exports_under_ten
     assert record["variants"]["float32"]["verification"]["passed"]
 
 
+@pytest.mark.slow
 @needs_torch
 def test_eval_predict_and_grad_cam_under_torch(small_cifar10, tmp_path):
     """Grad-CAM's gradient from torch's autograd equals TensorFlow's, on the released LeNet-5."""

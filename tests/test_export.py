@@ -113,6 +113,7 @@ def test_saved_model_signature_takes_uint8_images(lenet_export, lenet, held_out)
     np.testing.assert_allclose(result["logits"].numpy(), lenet.predict(held_out[0][:8], verbose=0), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_vgg_bn_trained_under_mixed_bfloat16_exports_and_matches_keras(cifar10_dir, tmp_path):
     """The released VGG11-BN was trained under mixed_bfloat16; built under that policy, it is such a
     model: TFLite cannot convert its bfloat16 ops, so the export rebuilds it in float32 first."""
@@ -314,6 +315,7 @@ def test_export_under_another_backend_says_to_use_tensorflow(lenet, tmp_path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_an_export_leaves_the_old_export_whole_and_no_staging(small_cifar10, tmp_path):
     import signal
     import subprocess

@@ -57,6 +57,7 @@ def finetuned_and_scratch(photos, tmp_path_factory):
     return runs / "cifar10", runs / "none"
 
 
+@pytest.mark.slow
 def test_finetuning_the_released_weights_beats_training_from_scratch_clearly(finetuned_and_scratch, capsys):
     """Measured on this task (300 test images, 6 epochs, 3 frozen): fine-tuned 93.7%, scratch 33.3% (chance)."""
     tuned, scratch = (json.loads((run / "results.json").read_text()) for run in finetuned_and_scratch)
@@ -72,6 +73,7 @@ def test_finetuning_the_released_weights_beats_training_from_scratch_clearly(fin
     assert len(rows) == 7 and rows[0].startswith("epoch,")  # both phases in one history
 
 
+@pytest.mark.slow
 def test_the_run_keeps_the_released_batch_norm_and_saves_a_plain_model(finetuned_and_scratch):
     """Batch norm stays in inference mode (frozen, as in Keras' guide); the file is a plain model."""
     released = vgg11_bn(weights="cifar10")
@@ -111,6 +113,7 @@ def test_a_frozen_backbone_does_not_move_and_then_learns_at_its_scaled_rate():
     assert not np.any(tuned["block2_bn1"][0]), "batch norm stays frozen"
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_exports_predicts_and_draws_with_its_own_class_names(finetuned_and_scratch, photos, tmp_path, capsys, monkeypatch):
     run = finetuned_and_scratch[0]
     assert main(["eval", str(run), "--data-dir", str(photos), "--tta-flip", "--json"]) == 0  # as the recipe measured it
@@ -134,6 +137,7 @@ def test_a_finetuned_run_exports_predicts_and_draws_with_its_own_class_names(fin
     assert drawn == ["floats"]  # Grad-CAM titled with the run's own class
 
 
+@pytest.mark.slow
 def test_a_finetuned_run_is_released_with_its_starting_weights(finetuned_and_scratch, photos, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ZOO_SAVED_MODELS", str(tmp_path / "saved_models"))
     assert main(["release", str(finetuned_and_scratch[0]), "--data-dir", str(photos), "--tag", "photos"]) == 0
@@ -227,6 +231,7 @@ def test_zoo_train_takes_a_single_folder_and_says_how_it_split_it(cifar10_dir, t
     assert json.loads(capsys.readouterr().out)["images"] == 12
 
 
+@pytest.mark.slow
 def test_resuming_in_either_phase_gives_the_weights_of_an_uninterrupted_run(small_cifar10, tmp_path, monkeypatch):
     from zoo import training
 

@@ -43,6 +43,7 @@ def test_pack_keeps_every_image_file_byte_for_byte(packed, small_cifar10, tmp_pa
         assert (tmp_path / original.relative_to(small_cifar10)).read_bytes() == original.read_bytes()
 
 
+@pytest.mark.slow
 @needs_torch
 def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_eval(packed, small_cifar10, tmp_path):
     # A machine kept warm between calls still holds the last call's finished run of the same recipe: this
@@ -79,6 +80,7 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     assert 0 <= reference["test_accuracy"] <= 1 and reference["images_per_second"] > 0 and len(reference["history"]) == 2
 
 
+@pytest.mark.slow
 def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, tmp_path):
     out = session(
         "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4, "--smoke-images", 0,

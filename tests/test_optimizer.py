@@ -53,6 +53,7 @@ def ema_recipe(data_dir, epochs=3):
     ])
 
 
+@pytest.mark.slow
 def test_validation_and_the_checkpoint_use_the_average_and_a_resumed_run_matches_an_unbroken_one(small_cifar10, tmp_path, monkeypatch):
     recipe = ema_recipe(small_cifar10)
     seen, end_of_epoch = {}, training.RunState.on_epoch_end

@@ -54,6 +54,7 @@ def test_card_files_match_their_sha256(name):
     assert card["int8"] and card["files"][card["int8"]["file"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RELEASED)
 def test_released_weights_reproduce_the_card(name, test_half):
     card = pretrained.card(name, "cifar10")
@@ -154,6 +155,7 @@ def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch):
         lenet5(weights="cifar10")
 
 
+@pytest.mark.slow
 def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     """zoo train -> zoo release -> lenet5(weights=TAG): the card's accuracy is what users get."""
     monkeypatch.setenv("ZOO_SAVED_MODELS", str(tmp_path / "saved_models"))
@@ -314,6 +316,7 @@ def test_corrupt_files_are_one_line_naming_the_file(capsys, tmp_path, monkeypatc
     assert len(err) == 1 and "Cannot load empty.keras as a Keras model" in err[0], err
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_release_leaves_the_release_as_it_was(small_cifar10, tmp_path, monkeypatch):
     import signal
     import subprocess

@@ -310,6 +310,7 @@ def test_bad_recipe_fails_before_any_data_is_loaded(override, message, tmp_path,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_continues_and_matches_an_uninterrupted_run(small_cifar10, tmp_path):
     epochs = 4
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
@@ -331,6 +332,7 @@ def test_kill_9_then_resume_continues_and_matches_an_uninterrupted_run(small_cif
     assert done is None
 
 
+@pytest.mark.slow
 def test_sigterm_stops_training_cleanly_saying_where_it_resumes(small_cifar10, tmp_path):
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=30, limit=500)
@@ -525,6 +527,7 @@ def test_train_rejects_counts_below_one_before_any_work(option, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus(small_cifar10, tmp_path):
     code = f"""
 import tensorflow as tf
@@ -607,6 +610,7 @@ def multi_worker_run(small_cifar10, tmp_path_factory):
     return tmp, digests, outputs
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_train_a_recipe_and_end_with_identical_weights(multi_worker_run):
     tmp, digests, outputs = multi_worker_run
     assert len(digests[0]) == 1 and digests[0] == digests[1], outputs
@@ -617,6 +621,7 @@ def test_two_workers_on_loopback_train_a_recipe_and_end_with_identical_weights(m
     assert list((tmp / "scratch").iterdir()) == []  # the other worker's scratch folder is gone
 
 
+@pytest.mark.slow
 def test_workers_stop_with_the_chief_when_its_run_folder_is_finished(multi_worker_run, small_cifar10):
     tmp = multi_worker_run[0]
     workers = start_workers(quick_args(small_cifar10, tmp / "run", MULTI_WORKER_EPOCHS, limit=0), tmp / "scratch")
@@ -626,6 +631,7 @@ def test_workers_stop_with_the_chief_when_its_run_folder_is_finished(multi_worke
     assert "The chief worker cannot use its run folder" in other
 
 
+@pytest.mark.slow
 def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_worker_run, small_cifar10, tmp_path):
     args = quick_args(small_cifar10, tmp_path / "run", MULTI_WORKER_EPOCHS, limit=0)
     workers = start_workers(args, tmp_path / "scratch")
@@ -637,6 +643,7 @@ def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_
     assert digests[0] == digests[1] == multi_worker_run[1][0]  # as if never interrupted
 
 
+@pytest.mark.slow
 def test_zoo_train_under_jax_is_quiet_beside_tensorflow_and_trains_data_parallel_without_it(small_cifar10, tmp_path):
     """Where TensorFlow is installed, Keras imports it under JAX too (to seed it): that must stay quiet.
     Where it is not (the GPU machines), a data-parallel run over two devices trains. Both at once."""
@@ -750,6 +757,7 @@ def test_a_full_disk_while_writing_the_backup_says_so_and_the_same_command_resum
     assert json.loads((run_dir / "results.json").read_text())["epochs"] == 3 and epochs_logged(run_dir) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_reading_the_checkpoint_while_a_run_writes_it_always_gets_a_whole_model(small_cifar10, tmp_path):
     from zoo.loading import load_keras_file
 
@@ -763,6 +771,7 @@ def test_reading_the_checkpoint_while_a_run_writes_it_always_gets_a_whole_model(
     assert proc.wait() == 0 and loads >= 3
 
 
+@pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once(small_cifar10, tmp_path):
     run_dir = tmp_path / "run"
     proc = zoo_process(quick_args(small_cifar10, run_dir, epochs=30, limit=500))
