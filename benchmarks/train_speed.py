@@ -11,7 +11,8 @@ For each model: images/s of one training step (batch 128, in-memory data, steady
   the parameter counts are checked), channels_last, SGD with Nesterov momentum, in float32 and, where
   the CPU has bfloat16 instructions, under bfloat16 autocast.
 `--jit` adds zoo with `jit_compile=True` (XLA under TensorFlow and JAX, torch.compile under torch),
-`--compile` native PyTorch under torch.compile, and `ZOO_BENCH_NO_BN=1` measures both sides without
+`--compile` native PyTorch under torch.compile, `--with KEY=VALUE` the zoo train path with a recipe
+option set beside it (what the option costs), and `ZOO_BENCH_NO_BN=1` measures both sides without
 batch norm (where the gap on CPUs comes from). On a machine with an NVIDIA GPU both sides run there
 (`--backends jax` for zoo; `--steps` of a few hundred).
 Each measurement runs in its own process (one backend per process); the configurations are run in
@@ -162,8 +163,9 @@ def _recipe_options(model_name):
 
 
 def _overrides():
-    """`ZOO_BENCH_NO_BN=1` measures the recipe's network without batch norm, in zoo and in PyTorch alike."""
-    return ["model.batch_norm=false"] if os.environ.get("ZOO_BENCH_NO_BN") else []
+    """`ZOO_BENCH_NO_BN=1` measures the recipe's network without batch norm, in zoo and in PyTorch alike;
+    `ZOO_BENCH_SET` (a JSON list, from `--with`) holds recipe overrides of one configuration."""
+    return (["model.batch_norm=false"] if os.environ.get("ZOO_BENCH_NO_BN") else []) + json.loads(os.environ.get("ZOO_BENCH_SET", "[]"))
 
 
 def _keras_only(model):
@@ -214,6 +216,9 @@ def configurations(args, bf16_cpu):
             if args.jit and precision == precisions[0]:
                 found.append((f"zoo Keras/{backend} {precision} jit_compile", ["zoo", precision, "0", "1"], {"KERAS_BACKEND": backend}))
     found.append((f"zoo train (recipe, augmentation) Keras/{args.backends[0]}", ["zoo", "recipe", "1", "auto"], {"KERAS_BACKEND": args.backends[0]}))
+    if args.with_:  # the same path with recipe options set: what an option costs per step
+        found.append((f"zoo train Keras/{args.backends[0]} with {' '.join(args.with_)}", ["zoo", "recipe", "1", "auto"],
+                      {"KERAS_BACKEND": args.backends[0], "ZOO_BENCH_SET": json.dumps(args.with_)}))
     if installed("torch"):
         found.append(("PyTorch fp32 channels_last", ["torch", "0", "0"], {}))
         if bf16_cpu:
@@ -246,6 +251,8 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also measure native PyTorch under torch.compile")
     parser.add_argument("--jit", action="store_true", help="also measure zoo with jit_compile=True (XLA on TensorFlow and JAX, torch.compile on torch)")
     parser.add_argument("--json", help="also write the medians here (and each measurement as it comes, so a stopped run keeps them)")
+    parser.add_argument("--with", dest="with_", action="append", default=[], metavar="KEY=VALUE",
+                        help="also measure the zoo train path with these recipe overrides, e.g. optimizer.use_ema=true")
     parser.add_argument("--only", nargs="+", metavar="TEXT", help="only the configurations whose label holds one of these, in this order (e.g. 'zoo train' compiled)")
     args = parser.parse_args()
     if args.worker:

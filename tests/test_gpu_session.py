@@ -170,3 +170,19 @@ def test_the_references_crop_and_flip_moves_real_images_as_a_padded_crop_and_fli
         assert matches, f"image {i} is no crop/flip of its input"
         found.add(matches[0])
     assert len(found) > len(images) // 2  # the draws differ between images
+
+
+def test_train_speed_measures_the_zoo_train_path_with_a_recipe_option_beside_it(monkeypatch):
+    """`train_speed.py --with optimizer.use_ema=true`: what an option costs per step, measured in turn with the plain path."""
+    import argparse
+
+    import train_speed
+
+    args = argparse.Namespace(backends=["tensorflow"], jit=False, compile=False, with_=["optimizer.use_ema=true"])
+    found = train_speed.configurations(args, bf16_cpu=False)
+    plain, with_ema = [(spec, env) for label, spec, env in train_speed.chosen(found, ["zoo train"])]
+    assert [label for label, _, _ in train_speed.chosen(found, ["zoo train"])] == [
+        "zoo train (recipe, augmentation) Keras/tensorflow", "zoo train Keras/tensorflow with optimizer.use_ema=true"]
+    assert plain[0] == with_ema[0] and "ZOO_BENCH_SET" not in plain[1]
+    monkeypatch.setenv("ZOO_BENCH_SET", with_ema[1]["ZOO_BENCH_SET"])
+    assert train_speed._overrides() == ["optimizer.use_ema=true"]  # what the worker's recipe gets
