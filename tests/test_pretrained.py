@@ -131,8 +131,11 @@ def test_include_top_false_loads_the_convolutional_weights():
     features = lenet5(weights="cifar10", include_top=False, pooling="avg", input_shape=(48, 48, 3), num_classes=3)
     assert features.output.shape[-1] == full.get_layer("block2_conv1").filters
     np.testing.assert_array_equal(features.get_layer("block2_conv1").get_weights()[0], full.get_layer("block2_conv1").get_weights()[0])
-    with pytest.raises(ValueError, match="`input_shape` conflicts"):
+    with pytest.raises(ValueError, match=r"which take 3 channels \(RGB\): no input_shape with another channel count loads them, with or without the head\. "
+                                         r"Leave it unset; to train on greyscale images, fine-tune from them \(zoo train \.\.\. --set model\.weights=cifar10 --set data\.channels=1\)"):
         lenet5(weights="cifar10", include_top=False, input_shape=(32, 32, 1))
+    with pytest.raises(ValueError, match=r"weights 'mnist' of 'lenet5', which take 1 channel \(greyscale\).* to train on RGB images.* --set data\.channels=3\)"):
+        lenet5(weights="mnist", input_shape=(32, 32, 3))
 
 
 def test_models_without_released_weights_say_which_have_them():

@@ -93,6 +93,15 @@ def resolve_options(card, options):
             resolved[key] = value
         elif key in FREE_OPTIONS or _same(key, options[key], value, include_top):
             continue
+        elif key == "input_shape" and _channels(options[key]) not in (None, value[-1]):
+            kinds = {1: "1 channel (greyscale)", 3: "3 channels (RGB)"}
+            raise ValueError(
+                f"`input_shape` conflicts with the released weights {card['weights']!r} of '{card['model']}', which take "
+                f"{kinds.get(value[-1], f'{value[-1]} channels')}: no input_shape with another channel count loads them, with or without "
+                f"the head. Leave it unset; to train on {IMAGE_KINDS.get(_channels(options[key]), 'such')} images, fine-tune from them "
+                f"(zoo train ... --set model.weights={card['weights']} --set data.channels={_channels(options[key])}), which adapts the first "
+                f"convolution. Received: input_shape={options[key]!r}"
+            )
         else:
             raise ValueError(
                 f"`{key}` conflicts with the released weights {card['weights']!r} of '{card['model']}', "
@@ -107,6 +116,13 @@ def _same(key, given, released, include_top):
     if key == "input_shape" and not include_top:  # conv weights fit any image size, not another channel count
         return isinstance(given, (tuple, list)) and len(given) == 3 and given[-1] == released[-1]
     return _plain(given) == _plain(released)
+
+
+IMAGE_KINDS = {1: "greyscale", 3: "RGB"}
+
+
+def _channels(shape):
+    return shape[-1] if isinstance(shape, (tuple, list)) and len(shape) == 3 else None
 
 
 def _plain(value):
