@@ -85,9 +85,10 @@ def _checked(start, model_name):
 
 
 def transfer(start, model, class_names):
-    """Copy `start`'s weights into `model` layer by layer where they fit; returns what changed,
-    `{"new": [layer names], "classes": (from, to) or None, "channels": (from, to) or None}`. A backbone layer that does not fit
-    (another architecture, batch norm on one side only) is a ValueError naming it."""
+    """Copy `start`'s weights into `model` layer by layer where they fit (the first convolution adapted
+    to another channel count); returns what changed, `{"new": [layer names], "classes": (from, to) or
+    None, "channels": (from, to) or None}`. A backbone layer that does not fit (another architecture,
+    batch norm on one side only) is a ValueError naming it."""
     source = {layer.name: layer for layer in start.model.layers}
     first_conv = next((layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)), None)
     same_classes = start.class_names is not None and list(start.class_names) == list(class_names)

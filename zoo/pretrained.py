@@ -94,12 +94,12 @@ def resolve_options(card, options):
         elif key in FREE_OPTIONS or _same(key, options[key], value, include_top):
             continue
         elif key == "input_shape" and _channels(options[key]) not in (None, value[-1]):
-            kinds = {1: "1 channel (greyscale)", 3: "3 channels (RGB)"}
+            given, released = _channels(options[key]), value[-1]
             raise ValueError(
                 f"`input_shape` conflicts with the released weights {card['weights']!r} of '{card['model']}', which take "
-                f"{kinds.get(value[-1], f'{value[-1]} channels')}: no input_shape with another channel count loads them, with or without "
-                f"the head. Leave it unset; to train on {IMAGE_KINDS.get(_channels(options[key]), 'such')} images, fine-tune from them "
-                f"(zoo train ... --set model.weights={card['weights']} --set data.channels={_channels(options[key])}), which adapts the first "
+                f"{released} channel{'s' * (released != 1)} ({COLOURS.get(released, '?')}): no input_shape with another channel count "
+                f"loads them, with or without the head. Leave it unset; to train on {COLOURS.get(given, 'such')} images, fine-tune "
+                f"from them (zoo train ... --set model.weights={card['weights']} --set data.channels={given}), which adapts the first "
                 f"convolution. Received: input_shape={options[key]!r}"
             )
         else:
@@ -118,7 +118,7 @@ def _same(key, given, released, include_top):
     return _plain(given) == _plain(released)
 
 
-IMAGE_KINDS = {1: "greyscale", 3: "RGB"}
+COLOURS = {1: "greyscale", 3: "RGB"}  # by channel count
 
 
 def _channels(shape):

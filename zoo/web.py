@@ -7,9 +7,12 @@ float32 one: its metadata carries the labels) and the JavaScript bundle and WebA
 The page of a one-channel model (digits, letters) also has a canvas to draw on with mouse or finger,
 white on black as MNIST, classified while drawing: the strokes are placed as MNIST placed its digits
 (scaled into a 20x20 box, centred by their centre of mass in a 28x28 field, and that field put in the
-model's input as `zoo.idx.fit` puts it). Opened as `index.html?image=RELATIVE_URL` it classifies that image on load and writes every class
-into `<pre id="predictions">`, one `class<TAB>probability` line each, best first (for tests and
-scripts); `<p id="status">` reads `ready` once the model is loaded, or the error.
+model's input as `zoo.idx.fit` puts it).
+
+Opened as `index.html?image=RELATIVE_URL` it classifies that image on load. Every result goes into
+`<pre id="predictions">`, one `class<TAB>probability` line each, best first, its `data-source` saying
+`image` or `drawing` (for tests and scripts); `<p id="status">` reads `ready` once the model is loaded,
+or the error.
 """
 
 import html
