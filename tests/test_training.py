@@ -698,8 +698,6 @@ def fill_the_disk_at_the_second_call(monkeypatch, method, partial):
 
 
 def test_a_full_disk_while_writing_the_best_checkpoint_keeps_the_last_one_and_the_same_command_resumes(small_cifar10, tmp_path, monkeypatch, capsys):
-    import errno
-
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=3, limit=500)
     fill_the_disk_at_the_second_call(monkeypatch, "save", b"PK\x03\x04 half a zip")  # the second checkpoint
@@ -742,8 +740,6 @@ def test_a_full_disk_while_writing_results_keeps_the_trained_run_and_the_same_co
 
 
 def test_a_full_disk_while_writing_the_backup_says_so_and_the_same_command_resumes(small_cifar10, tmp_path, monkeypatch, capsys):
-    import errno
-
     run_dir = tmp_path / "run"
     args = quick_args(small_cifar10, run_dir, epochs=3, limit=500)
     fill_the_disk_at_the_second_call(monkeypatch, "save_weights", b"\x89HDF half a file")  # the second backup
