@@ -1,4 +1,5 @@
 import ctypes
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -6,16 +7,32 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
-# oneDNN's own pool keeps every byte it ever held until the process ends (the test process grew past 3 GB
-# that way); the system allocator hands freed tensors back. Only where memory comes from changes, not a number.
-os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
-# Decoded-image caches of this test session go to a temporary folder, never beside the data,
-# removed when the session ends (about 32 MB each).
-CACHE_DIR = os.environ["ZOO_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-test-cache-")
+# Decoded-image caches of this test session go to a temporary folder, never beside the data, removed when the
+# session ends (about 32 MB each). pytest-xdist's workers share the folder of the process that started them.
+OWN_CACHE_DIR = not ("PYTEST_XDIST_WORKER" in os.environ and "ZOO_CACHE_DIR" in os.environ)
+if OWN_CACHE_DIR:
+    os.environ["ZOO_CACHE_DIR"] = tempfile.mkdtemp(prefix="zoo-test-cache-")
+CACHE_DIR = os.environ["ZOO_CACHE_DIR"]
+# The JAX processes the tests start compile the same train steps again and again: they share a compilation cache
+# for the session (a short LeNet-5 run takes 12 s instead of 22 s; only compile time changes, not a number). A size
+# limit turns on the cache's file lock, so that two processes never read an entry half-written.
+if importlib.util.find_spec("filelock") is not None:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(CACHE_DIR, "jax"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2**31))
+# oneDNN's own memory pool keeps every byte it ever held until the process ends: the test process, which builds
+# hundreds of models, grew past 3 GB that way. The system allocator gives freed tensors back (only where memory
+# comes from changes, not a number). TensorFlow reads the setting once, at its first tensor; the `zoo` processes
+# the tests start after that keep the pool, which trains a VGG about 1.5 times as fast (see `system_allocator`).
+SETS_ALLOCATOR = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR" not in os.environ
+if SETS_ALLOCATOR:
+    os.environ["TF_ONEDNN_USE_SYSTEM_ALLOCATOR"] = "1"
 
 
 def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(CACHE_DIR, ignore_errors=True)
+    if OWN_CACHE_DIR:
+        shutil.rmtree(CACHE_DIR, ignore_errors=True)
 
 import pytest
 
@@ -58,6 +75,17 @@ def small_cifar10(cifar10_dir, tmp_path_factory):
 
 
 
+@pytest.fixture(scope="session", autouse=True)
+def system_allocator():
+    """The test process's first tensor fixes its allocator: from then on the processes it starts inherit an
+    environment without the setting."""
+    import tensorflow as tf
+
+    tf.zeros(1)
+    if SETS_ALLOCATOR:
+        os.environ.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)
+
+
 _collected_at = [0]  # the process's resident size after the last full collection
 
 
@@ -66,12 +94,12 @@ def forget_the_models_of_each_test():
     """Keras keeps every model a test built in its global state until cleared: without this the test
     process grows past 7 GB (ImageNet-sized VGGs in test_models), and the suite's peak with it. The
     references go after every test (2 ms); a full collection (a third of a second) frees the models
-    only once the process has grown by 200 MB since the last one."""
+    only once the process has grown by 100 MB since the last one."""
     yield
     import keras
 
     keras.backend.clear_session(free_memory=False)
-    if os.path.exists("/proc/self/statm") and resident_bytes() > _collected_at[0] + 0.2e9:
+    if os.path.exists("/proc/self/statm") and resident_bytes() > _collected_at[0] + 0.1e9:
         import gc
 
         gc.collect()

@@ -103,6 +103,8 @@ def test_a_greyscale_lenet5_trains_on_the_idx_files_and_names_digits(mnist_dir, 
     assert re.search(r"^  1\. [0-9] +0\.\d{4}$", capsys.readouterr().out, re.M)
     assert main(["eval", str(run), "--data-dir", str(mnist_dir), "--limit", "300"]) == 0
     assert f"on {mnist_dir}, its test idx files (300 images)" in capsys.readouterr().out
+    assert main(["eval", str(run), "--data-dir", str(mnist_dir), "--limit", "300", "--tta-flip"]) == 0
+    assert f"note: {run} was trained without mirrored images (augment.flip = false)" in capsys.readouterr().err
     assert main(["train", "lenet5_cifar10", "--set", "data.channels=2", "--out", str(tmp_path / "bad")]) == 2
     assert "data.channels must be 1 (greyscale) or 3 (RGB)" in capsys.readouterr().err
     # Its TFLite file takes RGB like every zoo file (MediaPipe refuses one channel): the grey is made inside.
@@ -165,3 +167,12 @@ def test_a_digit_model_fine_tunes_on_a_folder_of_mixed_modes_and_sizes_and_is_vi
     assert {"filters.png", "grad_cam.png", "index.html"} <= {p.name for p in (tmp_path / "viz").iterdir()}
     cam, layer = viz.grad_cam_and_layer(model, viz.load_image(image, model), class_index=2)
     assert cam.shape == (32, 32) and cam.max() > 0 and (cam > 0.5).mean() < 0.5, layer  # a map with a place in it
+
+
+def test_flip_tta_on_a_model_trained_without_flips_says_so(mnist_dir, cifar10_dir, capsys):
+    from zoo.cli import main
+
+    assert main(["eval", "lenet5", "--weights", "mnist", "--data-dir", str(mnist_dir), "--limit", "200", "--tta-flip"]) == 0
+    assert "note: lenet5(weights='mnist') was trained without mirrored images (augment.flip = false): --tta-flip" in capsys.readouterr().err
+    assert main(["eval", "lenet5", "--weights", "cifar10", "--data-dir", str(cifar10_dir), "--limit", "200", "--tta-flip"]) == 0
+    assert "note:" not in capsys.readouterr().err

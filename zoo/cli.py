@@ -187,7 +187,7 @@ def cmd_eval(args):
     from zoo import pretrained
     from zoo.data import DataUnavailableError, Split, load_dataset, load_test_images
     from zoo.evaluation import check_classes, evaluate
-    from zoo.loading import load_model, run_results
+    from zoo.loading import load_model, run_results, trained_with_flips
 
     model, model_class_names = load_model(args.model, weights=args.weights)
     height, width, channels = model.input.shape[1:]
@@ -211,6 +211,9 @@ def cmd_eval(args):
             raise DataUnavailableError(f"{e} The figures of {_model_title(args)} were measured on {card['data']['test']}.") from None
         test, class_names, source, part = dataset.test, dataset.class_names, dataset.source, "test"
     check_classes(model, class_names, model_class_names, source)
+    if args.tta_flip and trained_with_flips(args.model, args.weights) is False:
+        print(f"note: {_model_title(args)} was trained without mirrored images (augment.flip = false): --tta-flip "
+              "averages in views it never saw (a mirrored digit is no digit)", file=sys.stderr, flush=True)
     result = evaluate(model, test, class_names, tta_flip=args.tta_flip, tta_shift=args.tta_shift or 0)
     if args.json:
         print(json.dumps(result, indent=2))

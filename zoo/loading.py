@@ -51,6 +51,21 @@ def run_results(source):
     return json.loads(results.read_text()) if results.is_file() else None
 
 
+def trained_with_flips(source, weights=None):
+    """Whether the model was trained on mirrored images (its recipe's augment.flip), for a released tag, a run
+    folder or a .keras file in one; None where no recipe says."""
+    if pretrained.is_tag(weights):
+        card = pretrained.card(source, weights)
+        recipe = pathlib.Path(card["folder"]) / card["recipe"]["file"]
+    else:
+        path = pathlib.Path(source)
+        recipe = (path if path.is_dir() else path.parent) / "recipe.toml"
+    try:
+        return bool(tomllib.loads(recipe.read_text())["augment"]["flip"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def run_progress(model_path):
     """"epoch E/N" for a `model.keras` in a run folder that has no results.json yet (training, or
     stopped); None for anything else."""
