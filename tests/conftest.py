@@ -86,6 +86,20 @@ def system_allocator():
         os.environ.pop("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", None)
 
 
+@pytest.fixture(autouse=True)
+def one_memory_heavy_test_at_a_time(request):
+    """Tests marked memory_heavy run several training processes at once: with the suite split over
+    processes (-n 2), each waits for the other's to end, so that their memory never adds up."""
+    if request.node.get_closest_marker("memory_heavy") is None:
+        yield
+        return
+    import fcntl
+
+    with open(os.path.join(CACHE_DIR, "memory-heavy.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 _collected_at = [0]  # the process's resident size after the last full collection
 
 

@@ -79,6 +79,7 @@ def test_the_draw_keeps_the_random_stream_runs_always_had():
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 def test_a_jax_run_augmented_on_the_device_trains_the_same_weights_as_on_the_host(small_cifar10, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}

@@ -54,6 +54,7 @@ def test_the_backend_and_how_it_was_chosen_are_recorded(small_cifar10, tmp_path,
     assert recorded["used"] == "tensorflow" and recorded["requested"] == "auto" and recorded["why"].startswith("auto: CPU, tensorflow")
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 @needs_torch
 def test_a_recipe_trains_and_resumes_under_torch_and_its_model_exports_under_tensorflow(small_cifar10, tmp_path, capsys):

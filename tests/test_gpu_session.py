@@ -43,6 +43,7 @@ def test_pack_keeps_every_image_file_byte_for_byte(packed, small_cifar10, tmp_pa
         assert (tmp_path / original.relative_to(small_cifar10)).read_bytes() == original.read_bytes()
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 @needs_torch
 def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_eval(packed, small_cifar10, tmp_path):
@@ -80,6 +81,7 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     assert 0 <= reference["test_accuracy"] <= 1 and reference["images_per_second"] > 0 and len(reference["history"]) == 2
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, tmp_path):
     out = session(

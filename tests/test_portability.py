@@ -39,6 +39,7 @@ def test_keras_file_reloads_safely_without_zoo(tmp_path):
     """)
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 def test_every_model_builds_and_runs_under_jax_without_tensorflow():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

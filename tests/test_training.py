@@ -310,6 +310,7 @@ def test_bad_recipe_fails_before_any_data_is_loaded(override, message, tmp_path,
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 def test_kill_9_then_resume_continues_and_matches_an_uninterrupted_run(small_cifar10, tmp_path):
     epochs = 4
@@ -643,6 +644,7 @@ def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_
     assert digests[0] == digests[1] == multi_worker_run[1][0]  # as if never interrupted
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 def test_zoo_train_under_jax_is_quiet_beside_tensorflow_and_trains_data_parallel_without_it(small_cifar10, tmp_path):
     """Where TensorFlow is installed, Keras imports it under JAX too (to seed it): that must stay quiet.
