@@ -113,6 +113,7 @@ def test_saved_model_signature_takes_uint8_images(lenet_export, lenet, held_out)
     np.testing.assert_allclose(result["logits"].numpy(), lenet.predict(held_out[0][:8], verbose=0), atol=1e-4)
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 def test_a_vgg_bn_trained_under_mixed_bfloat16_exports_and_matches_keras(cifar10_dir, tmp_path):
     """The released VGG11-BN was trained under mixed_bfloat16; built under that policy, it is such a

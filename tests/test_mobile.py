@@ -206,6 +206,7 @@ def page_predictions(page, url):
     return [(line.split("\t")[0], float(line.split("\t")[1])) for line in text.splitlines()]
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
 def test_the_web_page_classifies_real_images_like_the_interpreter(tmp_path, cifar10_dir, small_cifar10, capsys):
@@ -268,6 +269,7 @@ def drawn_class(page, strokes):
     return page.text_content("#predictions").splitlines()[0].split("\t")[0]
 
 
+@pytest.mark.memory_heavy
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian: apt-get install chromium); .ci/run installs it")
 def test_the_digit_page_classifies_images_and_digits_drawn_on_its_canvas(tmp_path, mnist_dir, capsys):
