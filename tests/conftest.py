@@ -31,16 +31,16 @@ if SETS_ALLOCATOR:
 
 
 # With -n 2 --dist loadscope each process takes a whole module at a time, in this order (--no-loadscope-reorder):
-# the longest first, so that both processes end together, and the GPU-session rehearsal, whose two tests run
-# several trainings each (memory_heavy), first of all, while the other process works through modules without
-# such tests (seconds alone on a 2-core AVX512-BF16 EPYC, 2026-11-29). A module not listed comes last.
-LONGEST_FIRST = {"test_gpu_session": 162, "test_models": 64, "test_finetune": 123, "test_training": 223, "test_pretrained": 93,
-                 "test_export": 70, "test_backends": 53, "test_augment": 47, "test_mobile": 46, "test_portability": 26}
+# the GPU-session rehearsal first (its two tests run several trainings each, memory_heavy) while the other process
+# works through modules without such tests, then the longest (measured alone on a 2-core AVX512-BF16 EPYC,
+# 2026-11-29), so that both processes end together. A module not listed comes last.
+MODULE_ORDER = ("test_gpu_session", "test_models", "test_finetune", "test_training", "test_pretrained", "test_export",
+                "test_backends", "test_augment", "test_mobile", "test_portability")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    order = list(LONGEST_FIRST)
-    items.sort(key=lambda item: order.index(item.module.__name__) if item.module.__name__ in order else len(order))
+    rank = {name: i for i, name in enumerate(MODULE_ORDER)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(MODULE_ORDER)))
 
 
 def pytest_sessionfinish(session, exitstatus):
