@@ -84,20 +84,37 @@ def test_a_recipe_trains_and_resumes_under_torch_and_its_model_exports_under_ten
 
 @pytest.mark.slow
 @needs_torch
-def test_eval_predict_and_grad_cam_under_torch(small_cifar10, tmp_path):
-    """Grad-CAM's gradient from torch's autograd equals TensorFlow's, on the released LeNet-5."""
-    image = viz.load_image(small_cifar10 / "test" / "cat" / "0000.jpg", lenet5())
+def test_eval_predict_and_grad_cam_under_torch(small_cifar10, tmp_path, capsys):
+    """Grad-CAM's gradient from torch's autograd equals TensorFlow's, on the released LeNet-5; `zoo eval` and
+    `zoo predict` run under torch (one torch process for all three)."""
+    cat = small_cifar10 / "test" / "cat" / "0000.jpg"
+    image = viz.load_image(cat, lenet5())
     np.save(tmp_path / "image.npy", image)
     expected = viz.grad_cam(lenet5(weights="cifar10"), image, 3)
     out = run_python(f"""
+        import contextlib, io, json
         import numpy as np, keras
         from zoo import lenet5, viz
+        from zoo.cli import main
         assert keras.backend.backend() == "torch"
         cam = viz.grad_cam(lenet5(weights="cifar10"), np.load({str(tmp_path / 'image.npy')!r}), 3)
         np.save({str(tmp_path / 'cam.npy')!r}, cam)
-        print("ok")
+
+        def printed(args):
+            with contextlib.redirect_stdout(io.StringIO()) as out:
+                assert main(args) == 0
+            return json.loads(out.getvalue())
+
+        print(json.dumps([
+            printed(["eval", "lenet5", "--weights", "cifar10", "--data-dir", {str(small_cifar10)!r}, "--limit", "100", "--json"]),
+            printed(["predict", "lenet5", "--weights", "cifar10", {str(cat)!r}, "--top", "1", "--json"]),
+        ]))
     """, KERAS_BACKEND="torch", PYTHONPATH=str(ROOT))
-    assert out.strip() == "ok"
     np.testing.assert_allclose(np.load(tmp_path / "cam.npy"), expected, atol=1e-4)
-    out = run_zoo(["eval", "lenet5", "--weights", "cifar10", "--data-dir", str(small_cifar10), "--limit", "100"], env={"KERAS_BACKEND": "torch"})
-    assert "accuracy" in out
+    evaluated, predicted = json.loads(out.strip().splitlines()[-1])
+    assert main(["eval", "lenet5", "--weights", "cifar10", "--data-dir", str(small_cifar10), "--limit", "100", "--json"]) == 0
+    assert evaluated["accuracy"] == json.loads(capsys.readouterr().out)["accuracy"]  # the same 100 images, the same answers
+    assert main(["predict", "lenet5", "--weights", "cifar10", str(cat), "--top", "1", "--json"]) == 0
+    [here] = json.loads(capsys.readouterr().out)
+    assert predicted[0]["top"][0]["class"] == here["top"][0]["class"] == "cat"
+    assert predicted[0]["top"][0]["probability"] == pytest.approx(here["top"][0]["probability"], abs=1e-5)

@@ -331,7 +331,7 @@ def test_sigterm_during_a_release_leaves_the_release_as_it_was(small_cifar10, tm
     folder = tmp_path / "saved_models" / "lenet5_tiny"
     command = [sys.executable, "-m", "zoo.cli", "release", str(tmp_path / "run"), "--data-dir", str(small_cifar10), "--tag", "tiny", "--out", str(folder)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    assert subprocess.run(command, env=env, capture_output=True).returncode == 0
+    assert main(command[3:]) == 0  # the release it replaces, made here
     before = {p.name: sha256(p) for p in folder.iterdir()}
     process = subprocess.Popen([*command, "--overwrite"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -1,4 +1,4 @@
-"""The callbacks a training run drives: the best checkpoint, backups, the NaN guard, the run state."""
+"""The callbacks a training run drives: the best checkpoint, backups, the NaN guard, the run state, stops asked for by a signal."""
 
 import json
 import math
@@ -7,6 +7,7 @@ import time
 
 import keras
 
+from zoo import interrupts
 from zoo.files import write_atomically, write_text_atomically
 from zoo.run_folder import validation_score
 
@@ -149,3 +150,13 @@ class RunState(keras.callbacks.Callback):
 def _duration(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class StopWhenAsked(keras.callbacks.Callback):
+    """Ctrl-C or SIGTERM that arrived during a batch and was lost on its way (see `zoo.interrupts`): raised
+    at the batch's end, before anything of an unfinished epoch is written."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.raise_pending()
+
+    on_test_batch_end = on_epoch_end = on_train_batch_end

@@ -12,6 +12,7 @@ import tempfile
 
 import numpy as np
 
+from zoo import interrupts
 from zoo.backends import BACKENDS, choose as choose_backend
 from zoo.files import DiskFull, check_output_folder, disk_full
 
@@ -504,14 +505,6 @@ def build_parser():
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, stopped as Ctrl-C is."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def _resume_hint(args):
     """For `zoo train`: from which epoch the same command resumes (its last backup), or that it starts afresh."""
     if args.command != "train" or not getattr(args, "run_dir", None):
@@ -537,21 +530,11 @@ def main(argv=None):
             print(f"zoo {args.command}: error: {e}", file=sys.stderr)
             return 2
     _import_keras_quietly()
-    handlers = _stop_on_sigterm()
+    handlers = interrupts.install()  # SIGTERM (schedulers, `kill`) stops as Ctrl-C does
     try:
         return _run(args)
     finally:
-        for signum, handler in handlers.items():  # as they were (main() is also called in-process, by tests)
-            if handler is not None:
-                signal.signal(signum, handler)
-
-
-def _stop_on_sigterm():
-    """SIGTERM (schedulers, `kill`) stops as Ctrl-C does; returns the handlers it replaced."""
-    try:
-        return {signal.SIGTERM: signal.signal(signal.SIGTERM, _terminate), signal.SIGINT: signal.getsignal(signal.SIGINT)}
-    except ValueError:  # not the main thread: signals are not ours to handle
-        return {}
+        interrupts.restore(handlers)  # as they were (main() is also called in-process, by tests)
 
 
 def _run(args):
@@ -571,7 +554,8 @@ def _run(args):
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: a message, not a traceback through Keras
         signal.signal(signal.SIGINT, signal.SIG_DFL)  # a second Ctrl-C stops at once
-        terminated = isinstance(e, Terminated)
+        interrupts.stopped()
+        terminated = isinstance(e, interrupts.Terminated)
         what = "terminated (SIGTERM)" if terminated else "interrupted"
         print(f"\nzoo {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
         return 143 if terminated else 130

@@ -14,7 +14,7 @@ import tempfile
 import keras
 
 from zoo import finetune
-from zoo.callbacks import AveragedWeights, BestCheckpoint, PeriodicBackup, RunState, StopOnNaN
+from zoo.callbacks import AveragedWeights, BestCheckpoint, PeriodicBackup, RunState, StopOnNaN, StopWhenAsked
 from zoo.data import Batches, EpochSync, folder_class_names, load_dataset, one_hot
 from zoo.evaluation import evaluate, hardware, versions
 from zoo.files import write_text_atomically
@@ -268,6 +268,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         callbacks.append(backup)
     if recipe["optimizer"]["use_ema"]:  # first: the checkpoint and the backup see the average
         callbacks.insert(0, AveragedWeights(resumed=initial_epoch > 0))
+    callbacks.insert(0, StopWhenAsked())  # first: a stop asked for comes before any write of the epoch
     if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
         verbose = 1 if sys.stdout.isatty() else 0
     if dist.strategy is not None:
