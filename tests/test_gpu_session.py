@@ -24,8 +24,38 @@ import gpu_session  # noqa: E402
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: pip install -e '.[dev]'")
 
 
-def session(*args, timeout=600):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# As on the GPU machine, which has JAX and PyTorch but no TensorFlow: the session and every process it
+# starts (the jobs, the float16 conversion) find no TensorFlow (which would also cost each 4 s to import).
+NO_TENSORFLOW = """
+import sys
+
+
+class WithoutTensorFlow:
+    def __init__(self, finder):
+        self.finder = finder
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            return None  # as no finder finds what is not installed
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):
+        return getattr(self.finder, name)
+
+
+sys.meta_path[:] = [WithoutTensorFlow(finder) for finder in sys.meta_path]
+"""
+
+
+@pytest.fixture(scope="module")
+def lease_env(tmp_path_factory):
+    site = tmp_path_factory.mktemp("no_tensorflow")
+    (site / "sitecustomize.py").write_text(NO_TENSORFLOW)
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path}
+
+
+def session(env, *args, timeout=600):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -47,7 +77,7 @@ def test_pack_keeps_every_image_file_byte_for_byte(packed, small_cifar10, tmp_pa
 @pytest.mark.memory_heavy
 @pytest.mark.slow
 @needs_torch
-def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_eval(packed, small_cifar10, tmp_path, capsys, monkeypatch):
+def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_eval(packed, lease_env, small_cifar10, tmp_path, capsys, monkeypatch):
     # A machine kept warm between calls still holds the last call's finished run of the same recipe: this
     # call trains afresh in a folder of its own and brings back only its own runs.
     earlier = tmp_path / "work" / "call-20261128-000000" / "runs" / "lenet5_cifar10"
@@ -55,7 +85,7 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     (earlier / "results.json").write_text('{"earlier call": true}')
     # As on the lease: a smoke pass, the epoch timing of both jobs running together, the schedule sized from it.
     out = session(
-        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--minutes", 4, "--max-epochs", 2, "--min-epochs", 1,
+        lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--minutes", 4, "--max-epochs", 2, "--min-epochs", 1,
         "--recipes", "lenet5_cifar10", "--references", "lenet5", "--limit", 300, "--smoke-images", 256,
         "--set", "data.validation_size=100", "--set", "training.tta_flip=false",
     )
@@ -85,9 +115,9 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
 
 @pytest.mark.memory_heavy
 @pytest.mark.slow
-def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, tmp_path, monkeypatch):
+def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, lease_env, tmp_path, monkeypatch):
     out = session(
-        "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4, "--smoke-images", 0,
+        lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4, "--smoke-images", 0,
         "--recipes", "lenet5_cifar10", "--references", "--limit", 200, "--backup-every", 2, "--set", "data.validation_size=100",
     )
     assert '"lenet5_cifar10": "stopped at the deadline after ' in out
@@ -119,12 +149,11 @@ def test_wheels_for_another_python_are_refused_in_one_line_before_any_work(packe
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
 
 
-def test_a_job_failing_in_the_smoke_pass_stops_the_session_before_any_training(packed, tmp_path):
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+def test_a_job_failing_in_the_smoke_pass_stops_the_session_before_any_training(packed, lease_env, tmp_path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), "run", "--out", str(tmp_path / "out"), "--pack", str(packed), "--work", str(tmp_path / "work"),
          "--recipes", "lenet5_cifar10", "--references", "--smoke-images", "64", "--set", "data.image_size=[8, 8]"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True, text=True, env=lease_env, timeout=300,
     )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "smoke pass (64 images, 1 epoch, 1 jobs at once): FAILED: lenet5_cifar10 (exit " in done.stdout
