@@ -266,7 +266,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         # Last, so an epoch counts as done only once everything above has been written for it.
         backup = PeriodicBackup(run_dir / BACKUP, every=backup_every)
         callbacks.append(backup)
-    if recipe["optimizer"]["use_ema"]:  # first: the checkpoint and the backup see the average
+    if recipe["optimizer"]["use_ema"]:  # before the checkpoint and the backup: they see the average
         callbacks.insert(0, AveragedWeights(resumed=initial_epoch > 0))
     callbacks.insert(0, StopWhenAsked())  # first: a stop asked for comes before any write of the epoch
     if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
