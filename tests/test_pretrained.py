@@ -187,10 +187,28 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     metadata = mobile.read_metadata(folder / "model_int8.tflite")
     assert (metadata["name"], metadata["license"], metadata["labels"]) == ("lenet5_tiny", "Apache-2.0", card["data"]["classes"])
     assert metadata["version"].startswith("tiny")
-    # A release re-exports its TFLite files in place (only with --overwrite): same weights and figures.
+    # A release re-exports its TFLite files in place (only with --overwrite): same weights and figures,
+    # and what an older card lacks (multi-view TTA) is measured, once its plain top-1 is reproduced.
     assert main(["release", str(folder), "--data-dir", str(small_cifar10)]) == 2
     assert "needs --overwrite" in capsys.readouterr().err
     (folder / "model_int8.tflite").write_bytes(b"an older export")
+    older = json.loads((folder / "model_card.json").read_text())
+    del older["accuracy"]["test_top1_multi_view_tta"], older["accuracy"]["multi_view_tta"]
+    (folder / "model_card.json").write_text(json.dumps({**older, "accuracy": {**older["accuracy"], "test_top1": 0.01}}))
+    assert main(["release", str(folder), "--data-dir", str(small_cifar10), "--overwrite"]) == 2
+    assert "score top-1" in (err := capsys.readouterr().err) and "not its card's 1.00%" in err and "give the data the card was measured on" in err
+    assert (folder / "model_int8.tflite").read_bytes() == b"an older export"  # refused before any change
+    (folder / "model_card.json").write_text(json.dumps(older))
+    assert main(["release", str(folder), "--data-dir", str(small_cifar10), "--overwrite", "--card-only"]) == 0
+    out = capsys.readouterr().out
+    assert f"updated the card of lenet5(weights='tiny') -> {folder}" in out
+    assert f"multi-view TTA {card['accuracy']['test_top1_multi_view_tta'] * 100:.2f}%" in out
+    updated = json.loads((folder / "model_card.json").read_text())
+    assert {k: v for k, v in updated.items() if k != "files"} == {k: v for k, v in card.items() if k != "files"}
+    assert list(updated["accuracy"]) == list(card["accuracy"])  # in a release's order
+    assert "Multi-view TTA" in (folder / "README.md").read_text()
+    assert (folder / "model_int8.tflite").read_bytes() == b"an older export"  # --card-only: the TFLite files stay
+    assert all(sha256(folder / name) == entry["sha256"] for name, entry in updated["files"].items())
     assert main(["release", str(folder), "--data-dir", str(small_cifar10), "--overwrite"]) == 0
     assert f"re-exported the TFLite files of lenet5(weights='tiny') -> {folder}" in capsys.readouterr().out
     again = json.loads((folder / "model_card.json").read_text())
@@ -221,6 +239,8 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     assert "Received: tag='../x'" in capsys.readouterr().err
     assert main(["release", str(tmp_path), "--tag", "x"]) == 2
     assert "is not a finished run folder" in capsys.readouterr().err
+    assert main(["release", str(tmp_path / "run"), "--card-only"]) == 2
+    assert "--card-only updates a release folder (one with model_card.json)" in capsys.readouterr().err
 
 
 def test_commands_take_a_model_name_with_released_weights(cifar10_dir, tmp_path, capsys):

@@ -229,12 +229,17 @@ def cmd_eval(args):
 
 def cmd_release(args):
     from zoo import pretrained
-    from zoo.release import reexport, release
+    from zoo.release import release, update_release
 
-    if pathlib.Path(args.run, pretrained.CARD).is_file():  # a release: re-export its TFLite files
-        card = reexport(args.run, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, source=args.source, overwrite=args.overwrite)
-        verb = "re-exported the TFLite files of"
+    if pathlib.Path(args.run, pretrained.CARD).is_file():  # a release: bring it up to today's
+        card = update_release(
+            args.run, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, source=args.source,
+            tflite=not args.card_only, overwrite=args.overwrite,
+        )
+        verb = "updated the card of" if args.card_only else "re-exported the TFLite files of"
     else:
+        if args.card_only:
+            raise ValueError(f"--card-only updates a release folder (one with {pretrained.CARD}); {args.run} is not one.")
         card = release(
             args.run, data_dir=args.data_dir, tfds_data_dir=args.tfds_data_dir, source=args.source, tag=args.tag,
             out=args.out, quantize=_csv(args.quantize), data_description=args.data_description, overwrite=args.overwrite,
@@ -244,7 +249,7 @@ def cmd_release(args):
         f"{verb} {card['model']}(weights={card['weights']!r}) -> {card['folder']}"
         f"\ntest top-1 {_pct(card['accuracy']['test_top1'])}"
         + (f" (flip TTA {_pct(card['accuracy']['test_top1_flip_tta'])})" if card["accuracy"]["test_top1_flip_tta"] is not None else "")
-        + ", "
+        + f", multi-view TTA {_pct(card['accuracy']['test_top1_multi_view_tta'])}, "
         f"int8 {_pct(card['int8']['test_top1'])}"
     )
 
@@ -466,7 +471,7 @@ def build_parser():
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("release", help="release a finished run into saved_models/ with a model card")
-    p.add_argument("run", help="a finished run folder, e.g. runs/vgg16_bn_cifar10; or a release folder, to re-export its TFLite files (with --overwrite)")
+    p.add_argument("run", help="a finished run folder, e.g. runs/vgg16_bn_cifar10; or a release folder, to measure what its card lacks and re-export its TFLite files (with --overwrite)")
     p.add_argument("--data-dir", help="image folders: train/ calibrates int8, test/ is evaluated")
     p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir")
     p.add_argument("--tfds-data-dir", help=TFDS_DATA_DIR_HELP)
@@ -475,6 +480,7 @@ def build_parser():
     p.add_argument("--quantize", default="int8", help="comma-separated TFLite variants to ship (default: int8)")
     p.add_argument("--data-description", help="how the card names the test data, e.g. 'CIFAR-10 test, local 5k half'")
     p.add_argument("--overwrite", action="store_true", help="replace the release folder (kept if the release fails)")
+    p.add_argument("--card-only", action="store_true", help="with a release folder: measure what its card lacks, keep its TFLite files")
     p.set_defaults(func=cmd_release)
 
     p = commands.add_parser("viz", help="pictures of filters, feature maps and Grad-CAM, with an HTML page")
