@@ -15,6 +15,7 @@ from zoo.data import load_image_folder_split
 from zoo.cli import main
 from zoo.export import ExportError
 from zoo.files import DiskFull
+from zoo.litert import TFLiteModel
 
 
 def synthetic_images(n, seed, size=32):
@@ -85,7 +86,7 @@ def test_int8_quantizes_from_its_float_input_to_a_float_softmax_and_is_fully_del
     out, record = lenet_export
     spec = record["variants"]["int8"]
     assert spec["input"]["shape"] == [1, 32, 32, 3] and spec["input"]["dtype"] == spec["output"]["dtype"] == "float32"
-    ops = [op["op_name"] for op in export.TFLiteModel(out / "model_int8.tflite").interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
+    ops = [op["op_name"] for op in TFLiteModel(out / "model_int8.tflite").interpreter._get_ops_details() if op["op_name"] != "DELEGATE"]
     assert ops[0] == "QUANTIZE" and ops[-2:] == ["DEQUANTIZE", "SOFTMAX"], ops
     assert "CONV_2D" in ops and "FULLY_CONNECTED" in ops
     for variant, entry in record["variants"].items():
@@ -97,7 +98,7 @@ def test_int8_quantizes_from_its_float_input_to_a_float_softmax_and_is_fully_del
 def test_tflite_files_use_builtin_ops_only(lenet_export):
     out, record = lenet_export
     for entry in record["variants"].values():
-        ops = {op["op_name"] for op in export.TFLiteModel(out / entry["file"]).interpreter._get_ops_details()}
+        ops = {op["op_name"] for op in TFLiteModel(out / entry["file"]).interpreter._get_ops_details()}
         assert ops and not any(name.startswith("Flex") for name in ops), ops
 
 

@@ -17,7 +17,8 @@ from PIL import Image
 from zoo import lenet5, mobile
 from zoo.cli import main
 from zoo.data import load_image_folder_split
-from zoo.export import ExportError, TFLiteModel, export_model, to_tflite
+from zoo.export import ExportError, export_model, to_tflite
+from zoo.litert import TFLiteModel
 
 from conftest import ROOT
 
@@ -74,6 +75,19 @@ def test_the_mnist_lenet5_file_classifies_real_digits_in_mediapipe_fed_as_rgb(mn
     assert names == [str(i) for i in range(10)]
     interpreter = TFLiteModel(folder / "model_int8.tflite").predict(digits)
     assert (scores.argmax(1) == interpreter.argmax(1)).mean() >= 0.999 and (scores.argmax(1) == labels).mean() >= 0.99
+    np.testing.assert_array_equal(TFLiteModel(folder / "model_int8.tflite").predict(test.images[:20:10]), interpreter[:2])  # grey in: made RGB
+
+
+def test_the_interpreter_wrapper_runs_a_file_without_tensorflow_or_keras():
+    """What an app's Python needs: LiteRT and NumPy (zoo.litert imports neither TensorFlow nor Keras)."""
+    code = (
+        "import sys, numpy as np; from zoo.litert import TFLiteModel; "
+        f"m = TFLiteModel({str(ROOT / 'saved_models' / 'lenet5_mnist' / 'model_int8.tflite')!r}); "
+        "p = m.predict(np.zeros((2, 32, 32, 1), 'uint8')); "
+        "print(p.shape, round(float(p.sum()), 2), sorted({'tensorflow', 'keras'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(2, 10) 2.0 []"
 
 
 def test_released_files_are_fully_delegated_in_litert_and_say_so(tmp_path):

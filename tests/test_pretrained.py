@@ -13,7 +13,7 @@ from zoo import get_model, lenet5, list_models, mobile, model_info, pretrained, 
 from zoo.cli import main
 from zoo.data import load_image_folder_split
 from zoo.evaluation import evaluate, probabilities
-from zoo.export import TFLiteModel
+from zoo.litert import TFLiteModel
 from zoo.files import sha256
 from zoo.recipe import tomllib
 from zoo.release import CHECK_STEP, update_results_table

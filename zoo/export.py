@@ -24,6 +24,7 @@ import numpy as np
 import keras
 
 from zoo import mobile, web
+from zoo.litert import TFLiteModel
 from zoo.data import as_rgb
 from zoo.evaluation import outputs_probabilities, probabilities
 from zoo.files import check_output_folder, sha256, staged_folder
@@ -205,51 +206,6 @@ def _check_calibration(model, images):
             f"Calibration images must have shape [N, {', '.join(map(str, expected))}] like the model input. "
             f"Received: shape={tuple(np.shape(images))}"
         )
-
-
-class TFLiteModel:
-    """A `.tflite` file run by ai_edge_litert: `predict(images)` -> float probabilities, one image at a time."""
-
-    def __init__(self, path, num_threads=None):
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = pathlib.Path(path)
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-
-    @property
-    def input_shape(self):
-        return tuple(int(d) for d in self.input["shape"][1:])
-
-    def invoke(self, image):
-        """Run one raw 0-255 image [H, W, C]; returns the probabilities as stored (uint8 for int8)."""
-        if np.shape(image)[-1] == 1 and self.input_shape[-1] == 3:  # a greyscale model's file takes RGB
-            image = as_rgb(image)
-        self.interpreter.set_tensor(self.input["index"], np.asarray(image, self.input["dtype"])[None])
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output["index"])[0]
-
-    def predict(self, images):
-        scale, zero_point = self.output["quantization"]
-        outputs = np.stack([self.invoke(image) for image in images]).astype("float64")
-        return (outputs - zero_point) * scale if scale else outputs
-
-    def spec(self):
-        """Input and output tensors as an app needs them: shape, dtype, value range, quantization."""
-
-        def describe(detail, value_range):
-            scale, zero_point = detail["quantization"]
-            return {
-                "name": detail["name"],
-                "shape": [int(d) for d in detail["shape"]],
-                "dtype": np.dtype(detail["dtype"]).name,
-                "value_range": value_range,
-                "quantization": {"scale": float(scale), "zero_point": int(zero_point)} if scale else None,
-            }
-
-        return {"input": describe(self.input, [0, 255]), "output": describe(self.output, [0, 1])}
 
 
 def verify(variant, keras_probabilities, tflite_probabilities, labels=None):

@@ -168,7 +168,7 @@ def read_metadata(path):
 
 def describe(path):
     """What an app sees of a .tflite file, as lines of text: its tensors, metadata and labels (`zoo info`)."""
-    from zoo.export import TFLiteModel
+    from zoo.litert import TFLiteModel
 
     if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"No such TFLite file: {path}")

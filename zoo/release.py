@@ -22,8 +22,9 @@ import zoo
 from zoo import pretrained
 from zoo.data import is_single_folder, load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate
-from zoo.export import VARIANTS, TFLiteModel, export_model, float32_model, require_tensorflow_backend
+from zoo.export import VARIANTS, export_model, float32_model, require_tensorflow_backend
 from zoo.files import BUNDLED, check_output_folder, save_float16_weights, sha256, staged_folder
+from zoo.litert import TFLiteModel
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
 from zoo.models.base import count_macs, options_of
