@@ -196,6 +196,7 @@ def _run(args):
     try:
         with quiet():
             args.func(args)
+            interrupts.raise_pending()  # a stop swallowed on the way still ends the command as one
         sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
     except DiskFull as e:  # nothing the user had is lost: the writes are atomic
         print(f"zoo {args.command}: error: {e.strerror}", file=sys.stderr)

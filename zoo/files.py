@@ -9,6 +9,8 @@ import pathlib
 import shutil
 import tempfile
 
+from zoo import interrupts
+
 PACKAGE = pathlib.Path(__file__).resolve().parent
 BUNDLED = PACKAGE / "_bundled"  # what a wheel carries of the top-level folders (see setup.py)
 
@@ -72,6 +74,7 @@ def staged_folder(out):
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield staging
+        interrupts.raise_pending()  # a stop asked for and swallowed on the way: the old folder stays
         replace_folder(staging, out)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
