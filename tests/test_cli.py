@@ -73,6 +73,22 @@ def test_ctrl_c_is_a_message_not_a_traceback(monkeypatch, capsys, tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # put back as it was
 
 
+def test_a_sigterm_swallowed_until_the_command_finished_says_its_output_is_complete(monkeypatch, capsys, tmp_path):
+    """A stop lost on its way (a C path or gc callback swallowed it) is raised when the command ends: it still
+    exits 143, but says the work was done rather than pointing to a resume."""
+    import zoo.training
+
+    def finishes_with_the_stop_swallowed(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except KeyboardInterrupt:
+            pass
+
+    monkeypatch.setattr(zoo.training, "train", finishes_with_the_stop_swallowed)
+    assert main(["train", "lenet5_cifar10", "--out", str(tmp_path / "run")]) == 143
+    assert capsys.readouterr().err == "\nzoo train: terminated (SIGTERM), but only after it had finished: what it wrote is complete\n"
+
+
 def test_python_m_recipes_is_zoo_train():
     result = subprocess.run([sys.executable, "-m", "recipes", "vgg99_cifar10"], capture_output=True, text=True)
     assert result.returncode == 2

@@ -193,9 +193,11 @@ def main(argv=None):
 
 def _run(args):
     quiet = startup_noise_filtered if args.command in QUIET_COMMANDS else contextlib.nullcontext
+    finished = False
     try:
         with quiet():
             args.func(args)
+            finished = True
             interrupts.raise_pending()  # a stop swallowed on the way still ends the command as one
         sys.stdout.flush()  # here, so that a closed pipe is caught below rather than at exit
     except DiskFull as e:  # nothing the user had is lost: the writes are atomic
@@ -212,7 +214,8 @@ def _run(args):
         interrupts.stopped()
         terminated = isinstance(e, interrupts.Terminated)
         what = "terminated (SIGTERM)" if terminated else "interrupted"
-        print(f"\nzoo {args.command}: {what}{_resume_hint(args)}", file=sys.stderr)
+        where = ", but only after it had finished: what it wrote is complete" if finished else _resume_hint(args)
+        print(f"\nzoo {args.command}: {what}{where}", file=sys.stderr)
         return 143 if terminated else 130
     except BrokenPipeError:  # the reader stopped early (`zoo info vgg16 | head`): stop quietly, as Unix tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
