@@ -84,10 +84,11 @@ def test_the_draw_keeps_the_random_stream_runs_always_had():
 def test_a_jax_run_augmented_on_the_device_trains_the_same_weights_as_on_the_host(small_cifar10, tmp_path):
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     started = {  # both at once: each is mostly one core's start-up
-        where: zoo_process([*quick_args(small_cifar10, tmp_path / where, epochs=2, limit=400), "--set", "augment.cutout=8", "--augment-on", where], env)
+        where: zoo_process([*quick_args(small_cifar10, tmp_path / where, epochs=2, limit=400), "--set", "augment.cutout=8", "--set", "augment.alternate_flip=true", "--augment-on", where], env)
         for where in ("host", "device")
     }
     runs = {where: finished(proc) for where, proc in started.items()}
+    assert 'alternate_flip = true' in (tmp_path / "host" / "recipe.toml").read_text()
     assert "(augmented on the device)" in runs["device"] and "(augmented on the device)" not in runs["host"]
     for a, b in zip(weights_of(tmp_path / "host" / "model.keras"), weights_of(tmp_path / "device" / "model.keras")):
         np.testing.assert_array_equal(a, b)

@@ -235,6 +235,40 @@ def test_shards_split_every_global_batch_and_drop_the_incomplete_last_one():
         Batches(split, 16, shard=(0, 3))
 
 
+def flipped_images(batches):
+    """Image index (the label) -> whether this epoch of `batches` shows it mirrored (crop and cutout off)."""
+    flipped = {}
+    for index in range(len(batches)):
+        images, labels = batches[index]
+        for image, label in zip(images, labels):
+            flipped[int(label)] = not np.array_equal(image, batches.split.images[label])
+            assert flipped[int(label)] is False or np.array_equal(image, batches.split.images[label][:, ::-1])
+    return flipped
+
+
+def test_alternate_flip_shows_each_image_both_ways_in_any_two_epochs_in_a_row():
+    split = Split(batch_of_distinct_images(n=200), np.arange(200, dtype="int32"))
+    alternate = {"crop_padding": 0, "flip": True, "alternate_flip": True}
+    epochs = [flipped_images(Batches(split, 16, seed=7, augmentation=alternate, epoch=e)) for e in range(4)]
+    assert 70 < sum(epochs[0].values()) < 130  # a random half, then the other half, and so on
+    for earlier, later in zip(epochs, epochs[1:]):
+        assert all(earlier[i] != later[i] for i in range(200))
+    # Fixed per image by the seed: the batch size, and so which batch an image falls in, changes nothing.
+    assert flipped_images(Batches(split, 64, seed=7, augmentation=alternate, epoch=3)) == epochs[3]
+    assert flipped_images(Batches(split, 16, seed=8, augmentation=alternate, epoch=3)) != epochs[3]
+    # Only the flips change: each image gets the crop it gets with random flips (a flip comes after the crop).
+    random = {"crop_padding": 2, "flip": True}
+    plain, alternating = (Batches(split, 16, seed=7, augmentation=a, epoch=1) for a in (random, {**random, "alternate_flip": True}))
+    same = []
+    for index in range(len(plain)):
+        for a, b in zip(plain[index][0], alternating[index][0]):
+            same.append(np.array_equal(a, b))
+            assert same[-1] or np.array_equal(a, b[:, ::-1])
+    assert 0 < sum(same) < len(same)
+    with pytest.raises(ValueError, match="alternate_flip .* needs flip=True. Received: flip=False"):
+        Batches(split, 16, augmentation={"flip": False, "alternate_flip": True})
+
+
 def two_class_tree(cifar10_dir, root):
     """train/ and test/ each with a/{0000,0001}.jpg and b/0002.jpg: copies of real CIFAR-10 images."""
     for split in ("train", "test"):

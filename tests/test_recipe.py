@@ -75,6 +75,12 @@ def test_bad_overrides_name_the_key(override, message):
     assert str(error.value).startswith(f"--set {override}: "), "the error names the --set option, not the recipe file"
 
 
+def test_alternate_flip_needs_flips():
+    assert recipes.load("lenet5_cifar10", ["augment.alternate_flip=true"])["augment"]["alternate_flip"] is True
+    with pytest.raises(RecipeError, match=r"^--set augment.alternate_flip=true: augment.alternate_flip .* needs augment.flip = true. Received: augment.flip=false"):
+        recipes.load("lenet5_mnist", ["augment.alternate_flip=true"])  # digits train without flips
+
+
 @pytest.mark.parametrize("value", ["inf", "+inf", "nan", "-inf"])
 def test_float_keys_must_be_finite(value):
     with pytest.raises(RecipeError, match=rf"--set optimizer.learning_rate={re.escape(value)}: optimizer.learning_rate must be a finite number"):

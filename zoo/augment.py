@@ -48,6 +48,13 @@ def draw(n, height, width, rng, *, crop_padding=4, flip=True, cutout=0):
     return Draw(shift, flipped, corner, cutout)
 
 
+def alternating_flips(half, epoch):
+    """Which images to flip in `epoch` under airbench's derandomized flip (Jordan 2024): `half` [N] bools,
+    drawn once per run, in even epochs and the other images in odd ones, so any two epochs in a row show
+    every image both ways (random flips show it the same way twice in a row half the time)."""
+    return half ^ bool(epoch % 2)
+
+
 def apply(images, d):
     """`images` [N, H, W, C] uint8 augmented by the draw `d`, with NumPy (a new array; `images` is kept)."""
     n, h, w, _ = images.shape

@@ -457,8 +457,14 @@ class Batches(keras.utils.PyDataset):
             raise ValueError(f"A shard is (index, count) with count dividing the batch size {batch_size}. Received: shard={shard!r}")
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a whole number >= 1. Received: threads={threads!r}")
+        augmentation = dict(augmentation) if augmentation is not None else None
+        self._flip_half = None  # alternate_flip: the images flipped in even epochs, fixed by the seed
         if augmentation:
             augmentations.check(augmentation.get("crop_padding", 0), augmentation.get("cutout", 0))
+            if augmentation.pop("alternate_flip", False):
+                if not augmentation.get("flip", True):
+                    raise ValueError("alternate_flip decides which images are flipped in each epoch: it needs flip=True. Received: flip=False")
+                self._flip_half = np.random.default_rng([seed, 0, 0, 2]).random(len(split)) < 0.5
         self.shard, self.augmentation, self.threads = shard, augmentation, 1 if on_device else threads
         self._device_images = keras.ops.convert_to_tensor(split.images) if on_device else None
         self._pool, self._ahead = None, {}  # threads, and (epoch, index) -> future, once used
@@ -502,7 +508,10 @@ class Batches(keras.utils.PyDataset):
             images, apply = keras.ops.take(self._device_images, chosen, axis=0), augmentations.apply_on_device
         if self.augmentation is not None:
             _, h, w, _ = self.split.images.shape
-            images = apply(images, augmentations.draw(len(chosen), h, w, np.random.default_rng(stream), **self.augmentation))
+            d = augmentations.draw(len(chosen), h, w, np.random.default_rng(stream), **self.augmentation)
+            if self._flip_half is not None:  # drawn above all the same, so crops and cutouts do not change
+                d = dataclasses.replace(d, flipped=augmentations.alternating_flips(self._flip_half[chosen], epoch))
+            images = apply(images, d)
         labels = self.split.labels[chosen]
         return images, labels if self.one_hot is None else one_hot(labels, self.one_hot)
 

@@ -42,6 +42,7 @@ SCHEMA = {
     "augment": {
         "crop_padding": (int, 4),
         "flip": (bool, True),
+        "alternate_flip": (bool, False),  # airbench's derandomized flip: each image flipped in every other epoch
         "cutout": (int, 0),
     },
     "optimizer": {
@@ -205,6 +206,11 @@ def resolve(raw, source="recipe", overrides=None):
                 if default is REQUIRED:
                     raise RecipeError(f"{source}: missing required key {section}.{key}.")
                 table[key] = copy.deepcopy(default)
+    if recipe["augment"]["alternate_flip"] and not recipe["augment"]["flip"]:
+        raise RecipeError(
+            f"{where('augment', 'alternate_flip')}: augment.alternate_flip decides which images are flipped in each "
+            "epoch, so it needs augment.flip = true. Received: augment.flip=false"
+        )
     return recipe
 
 
