@@ -49,9 +49,9 @@ def draw(n, height, width, rng, *, crop_padding=4, flip=True, cutout=0):
 
 
 def alternating_flips(half, epoch):
-    """Which images to flip in `epoch` under airbench's derandomized flip (Jordan 2024): `half` [N] bools,
-    drawn once per run, in even epochs and the other images in odd ones, so any two epochs in a row show
-    every image both ways (random flips show it the same way twice in a row half the time)."""
+    """Which images to flip in `epoch` under airbench's derandomized flip (Jordan 2024). `half` [N] bools,
+    drawn once per run, marks the images flipped in even epochs; odd epochs flip the others. So any two
+    epochs in a row show every image both ways (random flips show it the same way twice half the time)."""
     return half ^ bool(epoch % 2)
 
 

@@ -443,6 +443,8 @@ class Batches(keras.utils.PyDataset):
     prepared ahead, in threads) changes nothing but speed. Training pins the epoch with
     `set_epoch` (see `EpochSync`): Keras calls `on_epoch_end` once more before the first epoch.
 
+    With `alternate_flip` in `augmentation`, each image is flipped in every other epoch (`zoo.augment.alternating_flips`).
+
     `on_device=True` copies the uint8 images to the backend's device once and returns each batch as
     a device tensor, gathered and augmented there (`zoo.augment.apply_on_device`): the same pixels
     as on the host, without a host copy per batch (what keeps a fast GPU busy); `threads` does not apply.
@@ -464,6 +466,7 @@ class Batches(keras.utils.PyDataset):
             if augmentation.pop("alternate_flip", False):
                 if not augmentation.get("flip", True):
                     raise ValueError("alternate_flip decides which images are flipped in each epoch: it needs flip=True. Received: flip=False")
+                # A stream of its own: each batch draws from [seed, epoch, index, 1], each epoch's order from [seed, epoch].
                 self._flip_half = np.random.default_rng([seed, 0, 0, 2]).random(len(split)) < 0.5
         self.shard, self.augmentation, self.threads = shard, augmentation, 1 if on_device else threads
         self._device_images = keras.ops.convert_to_tensor(split.images) if on_device else None
