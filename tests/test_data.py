@@ -255,6 +255,10 @@ def test_alternate_flip_shows_each_image_both_ways_in_any_two_epochs_in_a_row():
         assert all(earlier[i] != later[i] for i in range(200))
     # Fixed per image by the seed: the batch size, and so which batch an image falls in, changes nothing.
     assert flipped_images(Batches(split, 64, seed=7, augmentation=alternate, epoch=3)) == epochs[3]
+    # A resumed run (built at its epoch, as above) sees what an unbroken one sees after its epochs end.
+    unbroken = Batches(split, 16, seed=7, augmentation=alternate, epoch=0)
+    unbroken.on_epoch_end()
+    assert flipped_images(unbroken) == epochs[1]
     assert flipped_images(Batches(split, 16, seed=8, augmentation=alternate, epoch=3)) != epochs[3]
     # Only the flips change: each image gets the crop it gets with random flips (a flip comes after the crop).
     random = {"crop_padding": 2, "flip": True}
