@@ -69,6 +69,7 @@ SCHEMA = {
         "seed": (int, 0),
         "precision": (str, "auto"),  # auto: mixed_bfloat16 on GPUs and bf16-capable CPUs, else float32
         "tta_flip": (bool, False),  # average the logits of each test image and its mirror
+        "whitening_init": (bool, False),  # the first convolution starts as a whitening of the training patches (airbench)
     },
     "expected": {
         "test_accuracy": (float, OPTIONAL),
@@ -210,6 +211,11 @@ def resolve(raw, source="recipe", overrides=None):
         raise RecipeError(
             f"{where('augment', 'alternate_flip')}: augment.alternate_flip decides which images are flipped in each "
             "epoch, so it needs augment.flip = true. Received: augment.flip=false"
+        )
+    if recipe["training"]["whitening_init"] and recipe["model"]["weights"] != "none":
+        raise RecipeError(
+            f"{where('training', 'whitening_init')}: training.whitening_init starts the first convolution of a network "
+            f"trained from scratch, so it needs model.weights = \"none\". Received: model.weights={recipe['model']['weights']!r}"
         )
     return recipe
 

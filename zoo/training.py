@@ -20,6 +20,7 @@ from zoo.evaluation import evaluate, hardware, versions
 from zoo.files import write_text_atomically
 from zoo.models import get_model
 from zoo.optimizer import make_optimizer
+from zoo.whitening import first_conv, whiten_first_conv
 from zoo.run_folder import (
     BACKUP, STATE, RunFolderError, best_validation, drop_if_empty, prepare_run_folder, previous_run, run_folder_lock,
 )
@@ -223,6 +224,9 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     with dist.scope():
         model = build_model(recipe, (*image_size, data_cfg["channels"]), num_classes)
         change = finetune.transfer(start, model, dataset.class_names) if start else None
+        whitened = 0
+        if recipe["training"]["whitening_init"] and initial_epoch == 0:  # a resume restores the trained weights
+            whitened = whiten_first_conv(model, dataset.train.images, recipe["training"]["seed"])
         backbone = [v.path for v in finetune.backbone_variables(model)] if start else ()
         optimizer = make_optimizer(recipe, len(train_batches), backbone, tuning["backbone_lr_scale"])
         if start:  # its state holds every variable some phase trains: one layout for every backup
@@ -246,6 +250,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         how = f" (one folder, {split['test_fraction']:.0%} of each class for test, seed {split['seed']})" if "test_fraction" in split else ""
         started = f"; {finetune.head_summary(start, change)}" if start else ""
         frozen = f", the first {phases[0][1]} with the backbone frozen" if phases[0][2] else ""
+        started += f"; {whitened} filters of {first_conv(model).name} whitened" if whitened else ""
         print(
             f"{recipe['model']['name']} ({model.count_params():,} params, {keras.config.dtype_policy().name}{started}) on "
             f"{dataset.source}{how}: {len(dataset.train):,} train / {len(dataset.val):,} validation / {len(dataset.test):,} "
