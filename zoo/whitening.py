@@ -33,7 +33,7 @@ def patch_covariance(inputs, kernel_size):
     for start in range(0, len(inputs), chunk):
         windows = np.lib.stride_tricks.sliding_window_view(inputs[start:start + chunk], (height, width), axis=(1, 2))
         patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dims).astype(np.float32)
-        second += patches.T @ patches  # float32 products (float64 is ~10x slower here), summed in float64
+        second += patches.T @ patches  # float32 products within a chunk, summed over chunks in float64
         total += patches.sum(axis=0, dtype=np.float64)
         count += len(patches)
     mean = total / count
