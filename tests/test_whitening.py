@@ -6,6 +6,7 @@ import pytest
 import keras
 from zoo import recipe as recipes
 from zoo import training
+from zoo.data import load_dataset
 from zoo.recipe import RecipeError
 from zoo.whitening import patch_covariance, whitening_filters
 
@@ -60,8 +61,6 @@ def test_a_whitened_run_starts_from_a_whitening_of_its_own_training_images(small
     monkeypatch.setattr(training.RunState, "on_epoch_begin", record)
     training.train(recipe, tmp_path / "run", verbose=0)
     assert "6 filters of block1_conv1 whitened" in capsys.readouterr().out  # LeNet-5: 6 filters of 5x5x3 = 75 dims, 3 pairs
-    from zoo.data import load_dataset
-
     images = load_dataset("cifar10", data_dir=str(small_cifar10), validation_size=0, seed=0, limit=300).train.images
     seen = np.asarray(started["seen"].predict(images, verbose=0), np.float32)
     flat = started["kernel"].reshape(75, 6)
