@@ -11,6 +11,7 @@ from zoo import finetune, lenet5, vgg11_bn
 from zoo import recipe as recipes
 from zoo.cli import main
 from zoo.data import load_dataset
+from zoo.optimizer import ScaledSGD
 
 from conftest import ROOT
 
@@ -103,7 +104,7 @@ def test_a_frozen_backbone_does_not_move_and_then_learns_at_its_scaled_rate():
         return {layer.name: [a - b for a, b in zip(layer.get_weights(), before[layer.name])] for layer in model.layers}
 
     def scaled(scale):
-        return finetune.BackboneScaledSGD(0.1, backbone_paths=["block1_conv1/kernel", "block2_conv1/kernel", "block1_conv1/bias", "block2_conv1/bias"], backbone_scale=scale)
+        return ScaledSGD(0.1, scales=dict.fromkeys(["block1_conv1/kernel", "block2_conv1/kernel", "block1_conv1/bias", "block2_conv1/bias"], scale))
 
     frozen = model_after_a_step(scaled(0.1), frozen=True)
     assert not np.any(frozen["block1_conv1"][0]) and not np.any(frozen["block2_bn1"][0]) and np.any(frozen["fc1"][0])

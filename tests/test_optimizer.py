@@ -1,5 +1,5 @@
-"""The recipe's optimizer: its learning-rate schedules step by step, and the moving average of the
-weights (`optimizer.use_ema`) in validation, checkpoints and resumed runs."""
+"""The recipe's optimizer: its learning-rate schedules step by step, the batch norms' faster biases, and
+the moving average of the weights (`optimizer.use_ema`) in validation, checkpoints and resumed runs."""
 
 import csv
 import json
@@ -11,7 +11,8 @@ import keras
 from zoo import recipe as recipes
 from zoo import training
 from zoo.data import load_dataset, one_hot
-from zoo.optimizer import learning_rate
+from zoo import lenet5
+from zoo.optimizer import learning_rate, learning_rate_scales, make_optimizer
 
 
 def schedule_values(overrides, steps_per_epoch=10):
@@ -36,11 +37,39 @@ def test_warmup_cosine_is_unchanged():
     np.testing.assert_allclose(values[10:], expected, rtol=1e-5, atol=1e-6)
 
 
+def test_batch_norm_biases_step_their_scale_times_further_and_nothing_else_changes():
+    """One Nesterov SGD step (with decoupled weight decay) on the same batch, from the same start."""
+    images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3)).astype("float32")
+    labels = one_hot(np.arange(8) % 2, 2)
+    recipe = recipes.load("lenet5_cifar10", ["schedule.name=constant", "optimizer.batch_norm_bias_lr_scale=4"])
+
+    def deltas(scale):
+        keras.utils.set_random_seed(0)
+        model = lenet5(num_classes=2, batch_norm=True)
+        before = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+        scales = learning_rate_scales(model, scale)
+        model.compile(optimizer=make_optimizer(recipe, 10, scales), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+        model.train_on_batch(images, labels)
+        return scales, {v.path: keras.ops.convert_to_numpy(v) - b for v, b in zip(model.trainable_variables, before)}
+
+    scales, faster = deltas(recipe["optimizer"]["batch_norm_bias_lr_scale"])
+    plain = deltas(1.0)[1]
+    assert sorted(scales) == ["block1_bn1/beta", "block2_bn1/beta"] and set(scales.values()) == {4.0}
+    for path, delta in plain.items():
+        assert np.any(delta), path
+        factor = 4.0 if path.endswith("/beta") else 1.0
+        np.testing.assert_allclose(faster[path], factor * delta, rtol=1e-4, atol=1e-7, err_msg=path)
+    assert learning_rate_scales(lenet5(num_classes=2, batch_norm=True), 4.0, ["block1_bn1/beta", "fc1/kernel"], 0.5) == {
+        "block1_bn1/beta": 2.0, "block2_bn1/beta": 4.0, "fc1/kernel": 0.5,
+    }
+
+
 @pytest.mark.parametrize("override, message", [
     ("optimizer.ema_momentum=1.0", r"optimizer.ema_momentum must be in \(0, 1\)"),
     ("optimizer.use_ema=1", r"optimizer.use_ema must be of type bool"),
+    ("optimizer.batch_norm_bias_lr_scale=0", r"optimizer.batch_norm_bias_lr_scale must be > 0"),
 ])
-def test_bad_ema_settings_name_the_key(override, message):
+def test_bad_optimizer_settings_name_the_key(override, message):
     with pytest.raises(recipes.RecipeError, match=message):
         recipes.load("lenet5_cifar10", [override])
 

@@ -165,26 +165,3 @@ def head_summary(start, change):
         words += ", first convolution adapted: {} -> {} channels".format(*change["channels"])
     others = [name for name in change["new"] if name != "predictions"]
     return words + (f" ({', '.join(others)} new: another image size)" if others else "")
-
-
-class BackboneScaledSGD(keras.optimizers.SGD):
-    """SGD whose steps on the backbone's variables are `backbone_scale` times the head's: the
-    fine-tuning phase's lower learning rate for the pretrained layers (timm and torchvision recipes
-    do it with parameter groups; Keras optimizers have one learning rate, hence this subclass).
-    Decoupled weight decay applies at the head's rate to all. It is never saved in a model file (the
-    run's checkpoints are written uncompiled), so files load without zoo."""
-
-    def __init__(self, *args, backbone_paths=(), backbone_scale=1.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backbone_paths, self.backbone_scale = frozenset(backbone_paths), backbone_scale
-        self._backbone_indices = frozenset()
-
-    def build(self, variables):
-        super().build(variables)
-        # update_step sees backend variables (a tf.Variable under TensorFlow): match them by index
-        self._backbone_indices = frozenset(self._get_variable_index(v) for v in variables if v.path in self.backbone_paths)
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self.backbone_scale != 1.0 and self._get_variable_index(variable) in self._backbone_indices:
-            learning_rate = learning_rate * self.backbone_scale
-        return super().update_step(gradient, variable, learning_rate)

@@ -1,5 +1,6 @@
 """A recipe's `[optimizer]` and `[schedule]` -> a Keras optimizer: SGD with decoupled weight decay, its
-learning-rate schedule, and the optional exponential moving average of the weights (Keras' `use_ema`).
+learning-rate schedule, per-variable rate multipliers, and the optional exponential moving average of the
+weights (Keras' `use_ema`).
 
 Schedules (the learning rate at each step, peaking at `optimizer.learning_rate`):
 - `warmup_cosine`: linear warm-up from 0, then a cosine down to `final_fraction` of the peak;
@@ -9,8 +10,6 @@ Schedules (the learning rate at each step, peaking at `optimizer.learning_rate`)
 """
 
 import keras
-
-from zoo import finetune
 
 
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -49,19 +48,51 @@ def learning_rate(recipe, steps_per_epoch):
     return opt["learning_rate"]
 
 
-def make_optimizer(recipe, steps_per_epoch, backbone_paths=(), backbone_scale=1.0):
-    """SGD on the recipe's schedule; with `backbone_paths`, their steps scaled by `backbone_scale`.
+class ScaledSGD(keras.optimizers.SGD):
+    """SGD with a learning-rate multiplier per variable (`scales`: variable path -> factor), the parameter
+    groups of timm and torchvision recipes that a Keras optimizer lacks: the fine-tuned backbone's lower
+    rate, airbench's faster batch-norm biases. Decoupled weight decay applies at the base rate. It is never
+    saved in a model file (the run's checkpoints are written uncompiled), so files load without zoo."""
+
+    def __init__(self, *args, scales=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scales = dict(scales or {})
+        self._scale_of_index = {}
+
+    def build(self, variables):
+        super().build(variables)
+        # update_step sees backend variables (a tf.Variable under TensorFlow): match them by index
+        self._scale_of_index = {self._get_variable_index(v): self.scales[v.path] for v in variables if v.path in self.scales}
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._scale_of_index.get(self._get_variable_index(variable), 1.0)
+        return super().update_step(gradient, variable, learning_rate * scale if scale != 1.0 else learning_rate)
+
+
+def learning_rate_scales(model, batch_norm_bias_scale=1.0, backbone_paths=(), backbone_scale=1.0):
+    """Variable path -> rate multiplier: every batch norm's bias (`beta`) at `batch_norm_bias_scale`, the
+    variables in `backbone_paths` at `backbone_scale` (both, multiplied); only the factors other than 1."""
+    scales = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.center:
+            scales[layer.beta.path] = batch_norm_bias_scale
+    for path in backbone_paths:
+        scales[path] = scales.get(path, 1.0) * backbone_scale
+    return {path: scale for path, scale in scales.items() if scale != 1.0}
+
+
+def make_optimizer(recipe, steps_per_epoch, scales=None):
+    """SGD on the recipe's schedule, each variable's steps times its factor in `scales` (path -> factor).
     With `optimizer.use_ema`, it also keeps the weights' moving average (`ema_momentum` per step)."""
     opt = recipe["optimizer"]
-    scaled = {"backbone_paths": backbone_paths, "backbone_scale": backbone_scale} if backbone_paths else {}
-    optimizer = (finetune.BackboneScaledSGD if backbone_paths else keras.optimizers.SGD)(
+    optimizer = (ScaledSGD if scales else keras.optimizers.SGD)(
         learning_rate=learning_rate(recipe, steps_per_epoch),
         momentum=opt["momentum"],
         nesterov=opt["nesterov"],
         weight_decay=opt["weight_decay"] or None,
         use_ema=opt["use_ema"],
         ema_momentum=opt["ema_momentum"],
-        **scaled,
+        **({"scales": scales} if scales else {}),
     )
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     return optimizer

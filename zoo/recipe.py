@@ -52,6 +52,7 @@ SCHEMA = {
         "weight_decay": (float, 5e-4),  # not applied to biases and batch-norm parameters
         "use_ema": (bool, False),  # validate, checkpoint and release the weights' moving average
         "ema_momentum": (float, 0.99),  # per step: the average forgets with a horizon of 1 / (1 - momentum) steps
+        "batch_norm_bias_lr_scale": (float, 1.0),  # batch norms' biases learn this many times faster (airbench: 64)
     },
     "schedule": {
         "name": (str, "warmup_cosine"),
@@ -70,6 +71,7 @@ SCHEMA = {
         "precision": (str, "auto"),  # auto: mixed_bfloat16 on GPUs and bf16-capable CPUs, else float32
         "tta_flip": (bool, False),  # average the logits of each test image and its mirror
         "whitening_init": (bool, False),  # the first convolution starts as a whitening of the training patches (airbench)
+        "dirac_init": (bool, False),  # every later convolution starts as the identity on its first channels (airbench)
     },
     "expected": {
         "test_accuracy": (float, OPTIONAL),
@@ -109,6 +111,7 @@ RANGES = {
     ("optimizer", "momentum"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("optimizer", "weight_decay"): (">= 0", lambda v: v >= 0),
     ("optimizer", "ema_momentum"): ("in (0, 1)", lambda v: 0 < v < 1),
+    ("optimizer", "batch_norm_bias_lr_scale"): ("> 0", lambda v: v > 0),
     ("schedule", "warmup_epochs"): (">= 0", lambda v: v >= 0),
     ("schedule", "final_fraction"): ("in [0, 1]", lambda v: 0 <= v <= 1),
     ("training", "epochs"): (">= 1", lambda v: v >= 1),
@@ -212,11 +215,12 @@ def resolve(raw, source="recipe", overrides=None):
             f"{where('augment', 'alternate_flip')}: augment.alternate_flip decides which images are flipped in each "
             "epoch, so it needs augment.flip = true. Received: augment.flip=false"
         )
-    if recipe["training"]["whitening_init"] and recipe["model"]["weights"] != "none":
-        raise RecipeError(
-            f"{where('training', 'whitening_init')}: training.whitening_init starts the first convolution of a network "
-            f"trained from scratch, so it needs model.weights = \"none\". Received: model.weights={recipe['model']['weights']!r}"
-        )
+    for key in ("whitening_init", "dirac_init"):
+        if recipe["training"][key] and recipe["model"]["weights"] != "none":
+            raise RecipeError(
+                f"{where('training', key)}: training.{key} sets the start of a network trained from scratch, so it "
+                f"needs model.weights = \"none\". Received: model.weights={recipe['model']['weights']!r}"
+            )
     return recipe
 
 

@@ -19,8 +19,8 @@ from zoo.data import Batches, EpochSync, folder_class_names, load_dataset, one_h
 from zoo.evaluation import evaluate, hardware, versions
 from zoo.files import write_text_atomically
 from zoo.models import get_model
-from zoo.optimizer import make_optimizer
-from zoo.whitening import first_conv, whiten_first_conv
+from zoo.initialisation import dirac_convs, first_conv, whiten_first_conv
+from zoo.optimizer import learning_rate_scales, make_optimizer
 from zoo.run_folder import (
     BACKUP, STATE, RunFolderError, best_validation, drop_if_empty, prepare_run_folder, previous_run, run_folder_lock,
 )
@@ -224,11 +224,15 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     with dist.scope():
         model = build_model(recipe, (*image_size, data_cfg["channels"]), num_classes)
         change = finetune.transfer(start, model, dataset.class_names) if start else None
-        whitened = 0
-        if recipe["training"]["whitening_init"] and initial_epoch == 0:  # a resume restores the trained weights
-            whitened = whiten_first_conv(model, dataset.train.images, recipe["training"]["seed"])
+        whitened = identities = 0
+        if initial_epoch == 0:  # a resume restores the trained weights
+            if recipe["training"]["whitening_init"]:
+                whitened = whiten_first_conv(model, dataset.train.images, recipe["training"]["seed"])
+            if recipe["training"]["dirac_init"]:
+                identities = dirac_convs(model)
         backbone = [v.path for v in finetune.backbone_variables(model)] if start else ()
-        optimizer = make_optimizer(recipe, len(train_batches), backbone, tuning["backbone_lr_scale"])
+        scales = learning_rate_scales(model, recipe["optimizer"]["batch_norm_bias_lr_scale"], backbone, tuning["backbone_lr_scale"])
+        optimizer = make_optimizer(recipe, len(train_batches), scales)
         if start:  # its state holds every variable some phase trains: one layout for every backup
             finetune.freeze_backbone(model, False, batch_norm_frozen=tuning["batch_norm_frozen"])
             optimizer.build(model.trainable_variables)
@@ -251,6 +255,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         started = f"; {finetune.head_summary(start, change)}" if start else ""
         frozen = f", the first {phases[0][1]} with the backbone frozen" if phases[0][2] else ""
         started += f"; {whitened} filters of {first_conv(model).name} whitened" if whitened else ""
+        started += f"; {identities} convolution{'s' * (identities > 1)} started as identities" if identities else ""
         print(
             f"{recipe['model']['name']} ({model.count_params():,} params, {keras.config.dtype_policy().name}{started}) on "
             f"{dataset.source}{how}: {len(dataset.train):,} train / {len(dataset.val):,} validation / {len(dataset.test):,} "

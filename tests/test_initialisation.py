@@ -1,4 +1,5 @@
-"""`training.whitening_init`: the first convolution starts as a whitening of the training images' patches."""
+"""airbench's starts: `training.whitening_init` (the first convolution whitens the training images' patches)
+and `training.dirac_init` (later convolutions start as identities)."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from zoo import recipe as recipes
 from zoo import training
 from zoo.data import load_dataset
 from zoo.recipe import RecipeError
-from zoo.whitening import patch_covariance, whitening_filters
+from zoo.initialisation import dirac_convs, patch_covariance, whitening_filters
+from zoo.models import get_model
 
 
 def test_patch_covariance_is_that_of_every_patch_in_the_kernels_order():
@@ -39,28 +41,49 @@ def test_whitening_filters_give_uncorrelated_unit_variance_outputs_in_pairs_of_b
     assert variances[0] > 0.99 and variances[-1] < 0.5  # the floor (1% of the mean variance) damps the weakest directions
 
 
-def test_whitening_needs_a_network_trained_from_scratch():
-    assert recipes.load("lenet5_cifar10", ["training.whitening_init=true"])["training"]["whitening_init"] is True
-    assert recipes.load("lenet5_cifar10")["training"]["whitening_init"] is False
-    with pytest.raises(RecipeError, match=r'^--set training.whitening_init=true: .* needs model.weights = "none". Received: model.weights=\'cifar10\''):
-        recipes.load("lenet5_cifar10", ["training.whitening_init=true", "model.weights=cifar10"])
+def test_dirac_filters_pass_their_own_input_channel_on_and_the_rest_keep_their_start():
+    keras.utils.set_random_seed(0)
+    model = get_model("vgg11_bn", input_shape=(32, 32, 3), num_classes=10)
+    before = {layer.name: keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers if isinstance(layer, keras.layers.Conv2D)}
+    assert dirac_convs(model) == 7  # every convolution of VGG11 but the first
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.get_layer("block1_conv1").kernel), before["block1_conv1"])
+    for name in ("block2_conv1", "block3_conv2"):  # 64 -> 128 and 256 -> 256 channels
+        conv = model.get_layer(name)
+        inputs = np.random.default_rng(1).normal(size=(2, 6, 5, conv.kernel.shape[2])).astype(np.float32)
+        outputs = keras.ops.convert_to_numpy(conv(inputs)) - keras.ops.convert_to_numpy(conv.bias)
+        channels = min(conv.kernel.shape[2:])
+        np.testing.assert_allclose(outputs[..., :channels], inputs[..., :channels], atol=1e-6)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(conv.kernel)[..., channels:], before[name][..., channels:])
+    assert np.any(before["block2_conv1"][..., 64:])  # 64 of its 128 filters kept their (non-zero) random start
 
 
-def test_a_whitened_run_starts_from_a_whitening_of_its_own_training_images(small_cifar10, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("key", ["whitening_init", "dirac_init"])
+def test_the_starts_need_a_network_trained_from_scratch(key):
+    assert recipes.load("lenet5_cifar10", [f"training.{key}=true"])["training"][key] is True
+    assert recipes.load("lenet5_cifar10")["training"][key] is False
+    with pytest.raises(RecipeError, match=rf'^--set training.{key}=true: .* needs model.weights = "none". Received: model.weights=\'cifar10\''):
+        recipes.load("lenet5_cifar10", [f"training.{key}=true", "model.weights=cifar10"])
+
+
+def test_a_run_starts_from_a_whitening_of_its_own_training_images_and_from_identities(small_cifar10, tmp_path, monkeypatch, capsys):
     recipe = recipes.load("lenet5_cifar10", [
         f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=0", "data.limit=300",
         "training.epochs=1", "training.tta_flip=false", "training.precision='float32'", "training.whitening_init=true",
+        "training.dirac_init=true",
     ])
     started, begin = {}, training.RunState.on_epoch_begin
 
     def record(self, epoch, logs=None):
         started.setdefault("kernel", keras.ops.convert_to_numpy(self.model.get_layer("block1_conv1").kernel))
+        started.setdefault("second", keras.ops.convert_to_numpy(self.model.get_layer("block2_conv1").kernel))
         started.setdefault("seen", keras.Model(self.model.inputs, self.model.get_layer("block1_conv1").input))
         begin(self, epoch, logs)
 
     monkeypatch.setattr(training.RunState, "on_epoch_begin", record)
     training.train(recipe, tmp_path / "run", verbose=0)
-    assert "6 filters of block1_conv1 whitened" in capsys.readouterr().out  # LeNet-5: 6 filters of 5x5x3 = 75 dims, 3 pairs
+    out = capsys.readouterr().out
+    assert "6 filters of block1_conv1 whitened; 1 convolution started as identities" in out  # LeNet-5: 6 filters of 5x5x3 = 75 dims, 3 pairs
+    np.testing.assert_array_equal(started["second"][..., :6], np.eye(6)[None, None] * (np.arange(5)[:, None, None, None] == 2) * (np.arange(5)[None, :, None, None] == 2))
     images = load_dataset("cifar10", data_dir=str(small_cifar10), validation_size=0, seed=0, limit=300).train.images
     seen = np.asarray(started["seen"].predict(images, verbose=0), np.float32)
     flat = started["kernel"].reshape(75, 6)
@@ -68,3 +91,4 @@ def test_a_whitened_run_starts_from_a_whitening_of_its_own_training_images(small
     np.testing.assert_allclose(np.diag(outputs), 1.0, atol=0.01)
     np.testing.assert_allclose(outputs[:3, :3], np.eye(3), atol=0.01)
     assert "whitening_init = true" in (tmp_path / "run" / "recipe.toml").read_text()
+    assert "dirac_init = true" in (tmp_path / "run" / "recipe.toml").read_text()

@@ -1,9 +1,13 @@
-"""Patch-whitening initialisation of a network's first convolution (airbench's, Keller Jordan 2024).
+"""airbench's starts for a network trained from scratch (Keller Jordan 2024): only the starting point
+changes; the network then trains as usual, and the saved model is the same plain Keras model.
 
-Each pair of the first convolution's filters starts as one principal direction of the training images'
-patches, with both signs (so that a ReLU keeps either half), scaled to unit variance; filters beyond the
-patch's dimension keep their random start. Only the starting point changes: the network then trains as
-usual, and the saved model is the same plain Keras model.
+Patch whitening (`training.whitening_init`): each pair of the first convolution's filters starts as one
+principal direction of the training images' patches, with both signs (so that a ReLU keeps either half),
+scaled to unit variance; filters beyond the patch's dimension keep their random start.
+
+Identity (`training.dirac_init`, PyTorch's `dirac_`): the first min(inputs, filters) filters of every later
+convolution start as the identity on their own input channel (1 at the kernel's centre), so each block
+starts by passing its input on; the other filters keep their random start.
 """
 
 import numpy as np
@@ -63,3 +67,18 @@ def whiten_first_conv(model, images, seed, sample=SAMPLE_IMAGES):
     kernel[..., : white.shape[-1]] = white
     conv.kernel.assign(kernel)
     return white.shape[-1]
+
+
+def dirac_convs(model):
+    """Start the first min(input channels, filters) filters of every `Conv2D` after the first as the
+    identity on their own channel: filter i is 1 at the centre of input channel i, 0 elsewhere. Returns
+    how many convolutions changed (grouped convolutions are left as they are)."""
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.groups == 1][1:]
+    for conv in convs:
+        kernel = keras.ops.convert_to_numpy(conv.kernel).astype(np.float32)
+        height, width, inputs, filters = kernel.shape
+        both = np.arange(min(inputs, filters))
+        kernel[..., both] = 0.0
+        kernel[height // 2, width // 2, both, both] = 1.0
+        conv.kernel.assign(kernel)
+    return len(convs)
