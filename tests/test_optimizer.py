@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import keras
+from zoo import lenet5
 from zoo import recipe as recipes
 from zoo import training
 from zoo.data import load_dataset, one_hot
-from zoo import lenet5
 from zoo.optimizer import learning_rate, learning_rate_scales, make_optimizer
 
 
