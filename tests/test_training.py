@@ -566,11 +566,14 @@ from zoo.cli import main
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 replicas = distribute.setup("mirrored").replicas
 assert replicas == 2, replicas
-raise SystemExit(main({[*quick_args(small_cifar10, tmp_path / "mirrored", epochs=1, limit=1000), "--strategy", "mirrored"]!r}))
+raise SystemExit(main({[*quick_args(small_cifar10, tmp_path / "mirrored", epochs=1, limit=1000), "--strategy", "mirrored",
+                         "--set", "training.whitening_init=true", "--set", "training.dirac_init=true"]!r}))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=400,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # both starts assign to the strategy's mirrored variables, inside its scope
+    assert "6 filters of block1_conv1 whitened; 1 convolution started as identities" in result.stdout, result.stdout[-3000:]
     assert json.loads((tmp_path / "mirrored" / "results.json").read_text())["test_accuracy"] > 0.1
 
 
