@@ -151,7 +151,7 @@ def test_version_and_the_shipped_recipes_are_one_command_away(capsys):
     out = capsys.readouterr().out
     assert re.search(r"^lenet5_cifar10 +LeNet-5", out, re.M) and re.search(r"^vgg16_bn_cifar10 +VGG16-BN on CIFAR-10", out, re.M)
     assert main(["list", "--recipes", "vgg*"]) == 0
-    assert [r.split()[0] for r in capsys.readouterr().out.splitlines()[2:]] == ["vgg11_bn_cifar10", "vgg11_bn_finetune", "vgg16_bn_cifar10"]
+    assert [r.split()[0] for r in capsys.readouterr().out.splitlines()[2:]] == ["vgg11_bn_cifar10", "vgg11_bn_cifar10_20ep", "vgg11_bn_finetune", "vgg16_bn_cifar10"]
 
 
 def test_every_option_of_every_command_says_what_it_does():
