@@ -55,6 +55,13 @@ def lease_env(tmp_path_factory):
     return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path}
 
 
+# The options the VGG recipes train with on the lease, here on LeNet-5 (a few seconds): each runs under JAX.
+LEASE_OPTIONS = [
+    "--set", "training.whitening_init=true", "--set", "training.dirac_init=true", "--set", "optimizer.batch_norm_bias_lr_scale=64",
+    "--set", "augment.alternate_flip=true", "--set", "augment.cutout=8", "--set", "training.label_smoothing=0.2",
+]
+
+
 def session(env, *args, timeout=600):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -87,7 +94,7 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     out = session(
         lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--minutes", 4, "--max-epochs", 2, "--min-epochs", 1,
         "--recipes", "lenet5_cifar10", "--references", "lenet5", "--limit", 300, "--smoke-images", 256,
-        "--set", "data.validation_size=100", "--set", "training.tta_flip=false",
+        "--set", "data.validation_size=100", "--set", "training.tta_flip=false", *LEASE_OPTIONS,
     )
     assert "smoke pass (256 images, 1 epoch, 2 jobs at once): all passed" in out
     assert re.search(r"probe \(2 jobs at once, full data, \d+ s\): seconds per epoch lenet5_cifar10 [\d.]+, reference_lenet5 [\d.]+", out)
@@ -100,6 +107,7 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "lenet5_cifar10"
     assert f"{run}: model.keras from its float16 weights (62,094 params)" in out
+    assert all(line in (run / "recipe.toml").read_text() for line in ("whitening_init = true", "dirac_init = true", "cutout = 8"))
     assert "earlier call" not in (run / "results.json").read_text() and len(list((tmp_path / "work").glob("call-*"))) == 2
     assert not (run / "backup").exists() and not list((tmp_path / "runs").glob(".*"))
     # The weights that came back are the trained ones, rounded to float16 (as a release keeps them).

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from zoo import recipe as recipes
 from zoo import get_model, lenet5, list_models, mobile, model_info, pretrained, vgg16, vgg16_bn
 from zoo.cli import main
 from zoo.data import load_image_folder_split
@@ -52,6 +53,15 @@ def test_card_files_match_their_sha256(name):
         assert (folder / file).stat().st_size == entry["bytes"]
         assert sha256(folder / file) == entry["sha256"], file
     assert card["int8"] and card["files"][card["int8"]["file"]]
+
+
+@pytest.mark.parametrize("name", RELEASED)
+def test_a_release_holds_the_recipe_that_trains_it_again(name):
+    # The README's way to reproduce a release (the shipped recipe of the same name may have moved on since).
+    card = pretrained.card(name, "cifar10")
+    recipe = recipes.load(ROOT / "saved_models" / f"{name}_cifar10" / "recipe.toml")
+    assert recipe["model"]["name"] == card["model"] and recipe["training"]["epochs"] == card["training"]["epochs"]
+    assert recipe["model"]["dropout"] in (None, card["options"]["dropout"])  # None: the model's own
 
 
 @pytest.mark.slow

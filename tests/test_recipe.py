@@ -36,6 +36,18 @@ def test_overrides_parse_toml_values_and_bare_words():
     assert recipe["data"]["data_dir"] == "/tmp/my data"
 
 
+def test_an_override_that_changes_the_run_drops_the_files_expected_figures():
+    filed = recipes.load("vgg11_bn_cifar10_20ep")
+    assert filed["expected"]["test_accuracy"] is not None
+    shorter = recipes.load("vgg11_bn_cifar10_20ep", ["data.data_dir='/data'", "training.epochs=10", "augment.cutout=16"])
+    assert shorter["expected"] == {"test_accuracy": None, "hardware": "", "train_time": "", "notes": "Not measured: vgg11_bn_cifar10_20ep with training.epochs=10, augment.cutout=16."}
+    assert "test_accuracy" not in recipes.to_toml(shorter)  # what a run folder keeps
+    assert shorter["description"] == filed["description"]
+    # Moving the data, restating a value the file has, or measuring anew keeps what is given.
+    for same in (["data.data_dir='/data'"], [f"training.epochs={filed['training']['epochs']}"], ["training.epochs=10", "expected.notes='measured'"]):
+        assert recipes.load("vgg11_bn_cifar10_20ep", same)["expected"]["test_accuracy"] == filed["expected"]["test_accuracy"], same
+
+
 def test_an_int_is_accepted_where_a_float_is_expected():
     assert recipes.load("lenet5_cifar10", ["optimizer.learning_rate=1"])["optimizer"]["learning_rate"] == 1.0
 

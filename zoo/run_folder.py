@@ -65,11 +65,7 @@ def same_run(recipe_file, recipe):
         stored = recipes.load(recipe_file)
     except recipes.RecipeError:
         return False
-
-    def what(r):
-        return {**r, "name": None, "description": None, "expected": None, "data": {**r["data"], "data_dir": "", "tfds_data_dir": ""}}
-
-    return what(stored) == what(recipe)
+    return recipes.run_defining(stored) == recipes.run_defining(recipe)
 
 
 def previous_run(run_dir):
