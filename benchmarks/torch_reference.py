@@ -5,7 +5,7 @@
 The question it answers: at equal data and epochs, does the zoo train a network as well (and as fast)
 as a plain PyTorch script with the peers' hyper-parameters? So everything but the training code is
 shared with the zoo's run: the network (translated layer by layer from the zoo's Keras model, the
-parameter count checked, see `train_speed.torch_network`), the images (the same folder, decoded the
+parameter count checked, see `train_speed.torch_network`, with the architecture's own dropout), the images (the same folder, decoded the
 same way, the same train/validation split of the model's shipped recipe) and the test images.
 The training is PyTorch's own: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 256, cosine decay
 per step, random crop (pad 4) + horizontal flip done on the device, cross-entropy, no label smoothing;
@@ -37,7 +37,9 @@ def load(model_name, data_dir, limit=None, overrides=()):
         "cifar10", data_dir=data_dir, image_size=tuple(data["image_size"]), validation_size=data["validation_size"],
         seed=recipe["training"]["seed"], limit=limit or data["limit"] or None,
     )
-    keras_model = zoo.get_model(model_name, num_classes=len(dataset.class_names), input_shape=(*data["image_size"], 3), **_recipe_options(model_name))
+    # The peers' classifier keeps its architecture's dropout (0.5 in VGG's and AlexNet's), whatever the zoo's recipe sets.
+    options = {key: value for key, value in _recipe_options(model_name).items() if key != "dropout"}
+    keras_model = zoo.get_model(model_name, num_classes=len(dataset.class_names), input_shape=(*data["image_size"], 3), **options)
     return torch_network(keras_model), dataset
 
 

@@ -199,6 +199,19 @@ def test_unpack_refuses_a_folder_without_parts_or_a_target_in_use(tmp_path):
 
 
 @needs_torch
+def test_the_reference_is_the_peers_network_whatever_the_zoo_recipe_sets(small_cifar10):
+    import torch
+
+    from torch_reference import load
+    from zoo import recipe as recipes
+
+    assert recipes.load("vgg11_bn_cifar10")["model"]["dropout"] == 0.0  # the zoo's recipe trains without it
+    network, dataset = load("vgg11_bn", str(small_cifar10), limit=64, overrides=["data.validation_size=16"])
+    rates = [m.p for m in network.modules() if isinstance(m, torch.nn.Dropout)]
+    assert rates == [0.5, 0.5] and len(dataset.train.images) == 64  # pytorch-cifar-models' classifier: Dropout() twice
+
+
+@needs_torch
 def test_the_references_crop_and_flip_moves_real_images_as_a_padded_crop_and_flip_would(cifar10_dir):
     import torch
 
