@@ -5,8 +5,9 @@
 The question it answers: at equal data and epochs, does the zoo train a network as well (and as fast)
 as a plain PyTorch script with the peers' hyper-parameters? So everything but the training code is
 shared with the zoo's run: the network (translated layer by layer from the zoo's Keras model, the
-parameter count checked, see `train_speed.torch_network`, with the architecture's own dropout), the images (the same folder, decoded the
-same way, the same train/validation split of the model's shipped recipe) and the test images.
+parameter count checked, see `train_speed.torch_network`; with the architecture's own dropout, as the
+peers' classifier has it), the images (the same folder, decoded the same way, the same train/validation
+split of the model's shipped recipe) and the test images.
 The training is PyTorch's own: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 256, cosine decay
 per step, random crop (pad 4) + horizontal flip done on the device, cross-entropy, no label smoothing;
 bfloat16 autocast and channels_last on a GPU (or a CPU with bfloat16 instructions), optionally

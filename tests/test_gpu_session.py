@@ -55,7 +55,7 @@ def lease_env(tmp_path_factory):
     return {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": path}
 
 
-# The options the VGG recipes train with on the lease, here on LeNet-5 (a few seconds): each runs under JAX.
+# The options the VGG and AlexNet recipes train with on the lease, here on LeNet-5 (a few seconds), under JAX.
 LEASE_OPTIONS = [
     "--set", "training.whitening_init=true", "--set", "training.dirac_init=true", "--set", "optimizer.batch_norm_bias_lr_scale=64",
     "--set", "augment.alternate_flip=true", "--set", "augment.cutout=8", "--set", "training.label_smoothing=0.2",

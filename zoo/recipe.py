@@ -148,7 +148,8 @@ def locate(name_or_path):
 
 
 def load(name_or_path, overrides=()):
-    """The resolved recipe (every key, defaults filled in) of a recipe file plus `key=value` overrides."""
+    """The resolved recipe (every key, defaults filled in) of a recipe file plus `key=value` overrides;
+    overrides that change the run replace the file's `[expected]` figures with a note naming them."""
     path = locate(name_or_path)
     try:
         raw = tomllib.loads(path.read_text())
