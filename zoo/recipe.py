@@ -155,23 +155,23 @@ def load(name_or_path, overrides=()):
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: invalid TOML: {e}") from None
+    as_filed = copy.deepcopy(raw)
     given = {_apply_override(raw, override): override for override in overrides}
     recipe = resolve(raw, source=str(path), overrides=given)
     recipe["name"] = path.stem
     if given and "expected" not in {key.split(".")[0] for key in given}:
-        as_filed = resolve(tomllib.loads(path.read_text()), source=str(path))
-        if run_defining(recipe) != run_defining(as_filed):  # the file's [expected] measured the file, not this run
-            options = ", ".join(text for key, text in given.items() if key not in LOCATION)
-            recipe["expected"] = {"test_accuracy": None, "hardware": "", "train_time": "", "notes": f"Not measured: {path.stem} with {options}."}
+        if run_defining(recipe) != run_defining(resolve(as_filed, source=str(path))):  # the file's [expected] measured the file, not this run
+            options = ", ".join(text for key, text in given.items() if key.removeprefix("data.") not in LOCATION)
+            recipe["expected"] = {key: default for key, (_, default) in SCHEMA["expected"].items()} | {"notes": f"Not measured: {path.stem} with {options}."}
     return recipe
 
 
-LOCATION = ("data.data_dir", "data.tfds_data_dir")  # where the data lies: moving it changes no run
+LOCATION = ("data_dir", "tfds_data_dir")  # [data] keys for where the data lies: moving it changes no run
 
 
 def run_defining(recipe):
     """What defines a run: the recipe less its words (`name`, `description`, `[expected]`) and where its data lies."""
-    return {**recipe, "name": None, "description": None, "expected": None, "data": {**recipe["data"], "data_dir": "", "tfds_data_dir": ""}}
+    return {**recipe, "name": None, "description": None, "expected": None, "data": {**recipe["data"], **dict.fromkeys(LOCATION, "")}}
 
 
 def _apply_override(raw, override):
