@@ -14,7 +14,7 @@ import pytest
 import keras
 from zoo import augment
 from zoo.cli import main
-from zoo.data import read_image
+from zoo.data import load_dataset, read_image
 
 from conftest import ROOT
 
@@ -119,6 +119,10 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     reference = json.loads((tmp_path / "runs" / "reference_lenet5.json").read_text())
     assert reference["data"]["train"] == 300 and reference["recipe"]["lr"] == 0.1 and reference["recipe"]["batch"] == 256
     assert 0 <= reference["test_accuracy"] <= 1 and reference["images_per_second"] > 0 and len(reference["history"]) == 2
+    # Its predictions follow the zoo's test split, so the two runs can be paired image by image.
+    test_labels = load_dataset("cifar10", data_dir=small_cifar10, image_size=(32, 32), validation_size=0, seed=0, limit=300).test.labels
+    assert len(reference["test_predictions"]) == len(test_labels) == reference["data"]["test"]
+    assert np.mean(np.array(reference["test_predictions"]) == test_labels) == pytest.approx(reference["test_accuracy"])
 
 
 @pytest.mark.memory_heavy
@@ -209,6 +213,27 @@ def test_the_reference_is_the_peers_network_whatever_the_zoo_recipe_sets(small_c
     network, dataset = load("vgg11_bn", str(small_cifar10), limit=64, overrides=["data.validation_size=16"])
     rates = [m.p for m in network.modules() if isinstance(m, torch.nn.Dropout)]
     assert rates == [0.5, 0.5] and len(dataset.train.images) == 64  # pytorch-cifar-models' classifier: Dropout() twice
+
+
+@needs_torch
+def test_the_references_evaluation_keeps_each_images_prediction_and_averages_the_flipped_view_in():
+    import contextlib
+
+    import torch
+
+    from torch_reference import evaluate
+
+    class LeftPixel(torch.nn.Module):  # the class its top-left pixel's red names, as sure as its green says
+        def forward(self, x):
+            return x[:, 1, 0, 0, None] * torch.nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float()
+
+    images = torch.zeros(5, 4, 4, 3, dtype=torch.uint8)
+    images[:, 0, 0, :2] = torch.tensor([[3, 9], [1, 2], [4, 9], [1, 9], [5, 2]])  # (class, confidence) seen plain
+    images[:, 0, 3, :2] = torch.tensor([[5, 2], [2, 9], [4, 9], [7, 2], [0, 9]])  # and in the flipped view
+    labels = torch.tensor([3, 2, 4, 7, 0])
+    accuracy, accuracy_tta, predictions = evaluate(LeftPixel(), images, labels, 2, contextlib.nullcontext)
+    assert predictions == [3, 1, 4, 1, 5] and accuracy == pytest.approx(2 / 5)
+    assert accuracy_tta == pytest.approx(4 / 5)  # the surer view wins: images 1 and 4 turn right, 3 stays wrong
 
 
 @needs_torch
