@@ -633,10 +633,16 @@ def final_digests(workers, timeout=300):
 MULTI_WORKER_EPOCHS = 3
 
 
+def multi_worker_args(data_dir, out):
+    """A short run with the starts the GPU recipes use, which each worker computes on its own (the same)."""
+    starts = ["--set", "training.whitening_init=true", "--set", "training.dirac_init=true"]
+    return [*quick_args(data_dir, out, MULTI_WORKER_EPOCHS, limit=0), *starts]
+
+
 @pytest.fixture(scope="module")
 def multi_worker_run(small_cifar10, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("multi_worker")
-    digests, outputs = final_digests(start_workers(quick_args(small_cifar10, tmp / "run", MULTI_WORKER_EPOCHS, limit=0), tmp / "scratch"))
+    digests, outputs = final_digests(start_workers(multi_worker_args(small_cifar10, tmp / "run"), tmp / "scratch"))
     return tmp, digests, outputs
 
 
@@ -648,13 +654,14 @@ def test_two_workers_on_loopback_train_a_recipe_and_end_with_identical_weights(m
     assert results["epochs"] == MULTI_WORKER_EPOCHS and results["test_accuracy"] > 0.1
     assert epochs_logged(tmp / "run") == list(range(MULTI_WORKER_EPOCHS))
     assert "test accuracy" in outputs[0] and "test accuracy" not in outputs[1]  # only the chief writes
+    assert "6 filters of block1_conv1 whitened; 1 convolution started as identities" in outputs[0]
     assert list((tmp / "scratch").iterdir()) == []  # the other worker's scratch folder is gone
 
 
 @pytest.mark.slow
 def test_workers_stop_with_the_chief_when_its_run_folder_is_finished(multi_worker_run, small_cifar10):
     tmp = multi_worker_run[0]
-    workers = start_workers(quick_args(small_cifar10, tmp / "run", MULTI_WORKER_EPOCHS, limit=0), tmp / "scratch")
+    workers = start_workers(multi_worker_args(small_cifar10, tmp / "run"), tmp / "scratch")
     chief, other = (w.communicate(timeout=300)[0] for w in workers)
     assert [w.returncode for w in workers] == [2, 2]
     assert "holds a finished run" in chief
@@ -663,7 +670,7 @@ def test_workers_stop_with_the_chief_when_its_run_folder_is_finished(multi_worke
 
 @pytest.mark.slow
 def test_killed_workers_resume_from_the_chiefs_backup_to_the_same_weights(multi_worker_run, small_cifar10, tmp_path):
-    args = quick_args(small_cifar10, tmp_path / "run", MULTI_WORKER_EPOCHS, limit=0)
+    args = multi_worker_args(small_cifar10, tmp_path / "run")
     workers = start_workers(args, tmp_path / "scratch")
     kill_after_backup(workers, tmp_path / "run", 1)
     assert not (tmp_path / "run" / "results.json").exists()
