@@ -11,8 +11,8 @@ split of the model's shipped recipe) and the test images.
 The training is PyTorch's own: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batch 256, cosine decay
 per step, random crop (pad 4) + horizontal flip done on the device, cross-entropy, no label smoothing;
 bfloat16 autocast and channels_last on a GPU (or a CPU with bfloat16 instructions), optionally
-`torch.compile`. Prints one line per epoch; `--json` gets the accuracies, images/s, history and each test
-image's predicted class.
+`torch.compile`. Prints one line per epoch; `--json` gets the accuracies, images/s, history, and each test
+image's label and predicted class (to pair with a zoo run: `benchmarks/paired.py`).
 """
 
 import argparse
@@ -27,11 +27,15 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]
 
 
 def load(model_name, data_dir, limit=None, overrides=()):
-    """The zoo recipe's network (as torch modules) and data split (uint8 NHWC arrays); `overrides` as `zoo train --set`."""
+    """The zoo recipe's network (as torch modules) and data split (uint8 NHWC arrays); `overrides` as `zoo train --set`.
+    The test split is every test image in the order `zoo eval --data-dir` takes them (`limit` or not), so that
+    the predictions pair image by image with a zoo model's (`benchmarks/paired.py`)."""
+    import dataclasses
+
     import zoo
     from train_speed import _recipe_options, torch_network
     from zoo import recipe as recipes
-    from zoo.data import load_dataset
+    from zoo.data import load_dataset, load_test_images
 
     recipe = recipes.load(f"{model_name}_cifar10", list(overrides))
     data = recipe["data"]
@@ -39,6 +43,7 @@ def load(model_name, data_dir, limit=None, overrides=()):
         "cifar10", data_dir=data_dir, image_size=tuple(data["image_size"]), validation_size=data["validation_size"],
         seed=recipe["training"]["seed"], limit=limit or data["limit"] or None,
     )
+    dataset = dataclasses.replace(dataset, test=load_test_images(data_dir, tuple(data["image_size"]), 3, dataset.split)[0])
     # The peers' classifier keeps its architecture's dropout (0.5 in VGG's and AlexNet's), whatever the zoo's recipe sets.
     options = {key: value for key, value in _recipe_options(model_name).items() if key != "dropout"}
     keras_model = zoo.get_model(model_name, num_classes=len(dataset.class_names), input_shape=(*data["image_size"], 3), **options)
@@ -149,7 +154,8 @@ def train(args):
         "test_accuracy": accuracy, "test_accuracy_flip_tta": accuracy_tta,
         "images_per_second": timed / trained_seconds if trained_seconds else None,
         "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history,
-        "test_predictions": predictions,  # plain top-1 class of each test image, in the test split's order
+        "test_predictions": predictions,  # plain top-1 class of each test image, in `zoo eval --data-dir`'s order
+        "test_labels": dataset.test.labels.tolist(),
     }
     print(f"test accuracy {accuracy:.4f} ({accuracy_tta:.4f} with flip TTA); {report['images_per_second'] or 0:.0f} images/s", flush=True)
     if args.json:

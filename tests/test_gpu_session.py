@@ -14,12 +14,13 @@ import pytest
 import keras
 from zoo import augment
 from zoo.cli import main
-from zoo.data import load_dataset, read_image
+from zoo.data import load_test_images, read_image
 
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu_session  # noqa: E402
+import paired  # noqa: E402
 
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed: pip install -e '.[dev]'")
 
@@ -115,14 +116,21 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     trained = keras.saving.load_model(trained_file).get_weights()
     for back, original in zip(keras.saving.load_model(run / "model.keras").get_weights(), trained):
         np.testing.assert_array_equal(back, original.astype(np.float16).astype(np.float32))
+    capsys.readouterr()
     assert main(["eval", str(run), "--data-dir", str(small_cifar10), "--json"]) == 0
-    reference = json.loads((tmp_path / "runs" / "reference_lenet5.json").read_text())
+    zoo_accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    reference_file = tmp_path / "runs" / "reference_lenet5.json"
+    reference = json.loads(reference_file.read_text())
     assert reference["data"]["train"] == 300 and reference["recipe"]["lr"] == 0.1 and reference["recipe"]["batch"] == 256
     assert 0 <= reference["test_accuracy"] <= 1 and reference["images_per_second"] > 0 and len(reference["history"]) == 2
-    # Its predictions follow the zoo's test split, so the two runs can be paired image by image.
-    test_labels = load_dataset("cifar10", data_dir=small_cifar10, image_size=(32, 32), validation_size=0, seed=0, limit=300).test.labels
-    assert len(reference["test_predictions"]) == len(test_labels) == reference["data"]["test"]
-    assert np.mean(np.array(reference["test_predictions"]) == test_labels) == pytest.approx(reference["test_accuracy"])
+    # It kept each test image's prediction, in zoo eval's order: the two runs pair image by image.
+    assert reference["test_labels"] == load_test_images(small_cifar10, (32, 32))[0].labels.tolist()
+    difference, error = paired.main([str(run), str(reference_file), "--data-dir", str(small_cifar10)])
+    assert difference == pytest.approx(100 * (reference["test_accuracy"] - zoo_accuracy)) and error > 0
+    reference["test_labels"].reverse()  # other images, or another order: no pairing
+    (tmp_path / "shuffled.json").write_text(json.dumps(reference))
+    with pytest.raises(SystemExit, match="were not tested on the same images in the same order"):
+        paired.main([str(run), str(tmp_path / "shuffled.json"), "--data-dir", str(small_cifar10)])
 
 
 @pytest.mark.memory_heavy
@@ -234,6 +242,11 @@ def test_the_references_evaluation_keeps_each_images_prediction_and_averages_the
     accuracy, accuracy_tta, predictions = evaluate(LeftPixel(), images, labels, 2, contextlib.nullcontext)
     assert predictions == [3, 1, 4, 1, 5] and accuracy == pytest.approx(2 / 5)
     assert accuracy_tta == pytest.approx(4 / 5)  # the surer view wins: images 1 and 4 turn right, 3 stays wrong
+
+
+def test_a_paired_difference_counts_the_images_only_one_side_gets_right():
+    difference, error, disagree = paired.paired_difference([1, 1, 0, 0, 1], [1, 0, 1, 1, 1])
+    assert difference == pytest.approx(20) and error == pytest.approx(100 * np.sqrt(3) / 5) and disagree == pytest.approx(60)
 
 
 @needs_torch
