@@ -2,10 +2,11 @@
 
     python benchmarks/paired.py runs/a runs/b --data-dir ../shared/data/cifar10
     python benchmarks/paired.py runs/gpu/reference_vgg16_bn.json runs/gpu/vgg16_bn_cifar10 --data-dir ../shared/data/cifar10
+    python benchmarks/paired.py vgg16_bn:cifar10 runs/gpu/vgg16_bn_cifar10 --data-dir ../shared/data/cifar10
 
-Each side is a zoo run folder or `.keras` file (its plain predictions on the test images, as `zoo eval
---data-dir` takes them) or a `torch_reference.py` report (the predictions it kept, checked against the
-same labels). On the same n images the difference of two accuracies has the standard error
+Each side is a zoo run folder, a `.keras` file or released weights (`NAME:TAG`), by its plain predictions
+on the test images as `zoo eval --data-dir` takes them, or a `torch_reference.py` report (the predictions
+it kept, checked against the same labels). On the same n images the difference of two accuracies has the standard error
 sqrt(n01 + n10) / n, where n01 and n10 count the images only one of the two gets right (McNemar's view):
 far below the unpaired one, as most images are right, or wrong, for both.
 """
@@ -42,7 +43,8 @@ def predictions(side, data_dir):
     from zoo.evaluation import check_classes, probabilities
     from zoo.loading import load_model, run_results
 
-    model, class_names = load_model(side)
+    name, _, tag = side.partition(":") if ":" in side and not os.path.exists(side) else (side, "", None)
+    model, class_names = load_model(name, weights=tag)
     split = (run_results(side) or {}).get("data", {}).get("split")
     test, data_classes, _ = load_test_images(data_dir, tuple(model.input.shape[1:3]), model.input.shape[3], split)
     check_classes(model, data_classes, class_names, data_dir)
@@ -51,7 +53,7 @@ def predictions(side, data_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", help="a run folder, a .keras file or a torch_reference.py --json report")
+    parser.add_argument("a", help="a run folder, a .keras file, released weights (NAME:TAG) or a torch_reference.py --json report")
     parser.add_argument("b", help="the same kinds; the difference is B - A")
     parser.add_argument("--data-dir", required=True, help="the image folders both were tested on (train/ and test/, as zoo eval takes them)")
     args = parser.parse_args(argv)

@@ -249,6 +249,13 @@ def test_a_paired_difference_counts_the_images_only_one_side_gets_right():
     assert difference == pytest.approx(20) and error == pytest.approx(100 * np.sqrt(3) / 5) and disagree == pytest.approx(60)
 
 
+def test_released_weights_pair_with_themselves_and_a_model_of_other_classes_is_refused(small_cifar10, capsys):
+    assert paired.main(["lenet5:cifar10", "lenet5:cifar10", "--data-dir", str(small_cifar10)]) == (0, 0)
+    assert "(500 test images)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="are not the model.s"):  # MNIST's ten digits are not CIFAR-10's classes
+        paired.main(["lenet5:cifar10", "lenet5:mnist", "--data-dir", str(small_cifar10)])
+
+
 @needs_torch
 def test_the_references_crop_and_flip_moves_real_images_as_a_padded_crop_and_flip_would(cifar10_dir):
     import torch
