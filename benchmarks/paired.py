@@ -15,6 +15,7 @@ import argparse
 import json
 import math
 import os
+import pathlib
 import sys
 
 import numpy as np
@@ -35,7 +36,7 @@ def paired_difference(right_a, right_b):
 def predictions(side, data_dir):
     """`(predicted classes, labels)` of `side` on the test images of `data_dir`."""
     if side.endswith(".json"):
-        report = json.loads(open(side).read())
+        report = json.loads(pathlib.Path(side).read_text())
         if "test_predictions" not in report:
             raise SystemExit(f"{side} keeps no per-image predictions: a torch_reference.py report from before they were kept.")
         return np.array(report["test_predictions"]), np.array(report["test_labels"])
@@ -45,7 +46,7 @@ def predictions(side, data_dir):
 
     name, _, tag = side.partition(":") if ":" in side and not os.path.exists(side) else (side, "", None)
     model, class_names = load_model(name, weights=tag)
-    split = (run_results(side) or {}).get("data", {}).get("split")
+    split = (run_results(name) or {} if tag is None else {}).get("data", {}).get("split")  # a run's own test part
     test, data_classes, _ = load_test_images(data_dir, tuple(model.input.shape[1:3]), model.input.shape[3], split)
     check_classes(model, data_classes, class_names, data_dir)
     return probabilities(model, test.images).argmax(axis=1), test.labels
