@@ -451,8 +451,9 @@ def unpack(folder, into):
         print(summary.read_text())
     for reference in sorted(into.glob("reference_*.json")):
         r = json.loads(reference.read_text())
+        epochs = f"stopped {r['stopped']}" if r.get("stopped") else f"{r['recipe']['epochs']} epochs"
         print(f"{reference.name}: {r['model']} test {r['test_accuracy']:.4f} ({r['test_accuracy_flip_tta']:.4f} flip TTA), "
-              f"{r['images_per_second'] or 0:.0f} images/s, {r['recipe']['epochs']} epochs on {r['device']}")
+              f"{r['images_per_second'] or 0:.0f} images/s, {epochs} on {r['device']}")
 
 
 def _epochs_arg(value):

@@ -12,13 +12,16 @@ The training is PyTorch's own: SGD lr 0.1, momentum 0.9, weight decay 5e-4, batc
 per step, random crop (pad 4) + horizontal flip done on the device, cross-entropy, no label smoothing;
 bfloat16 autocast and channels_last on a GPU (or a CPU with bfloat16 instructions), optionally
 `torch.compile`. Prints one line per epoch; `--json` gets the accuracies, images/s, history, and each test
-image's label and predicted class (to pair with a zoo run: `benchmarks/paired.py`).
+image's label and predicted class (to pair with a zoo run: `benchmarks/paired.py`). Stopped by SIGTERM or
+Ctrl-C (a lease's deadline), it ends the step it is in, then tests and reports what it has trained, saying
+after how many of its epochs it stopped (with the schedule not run out, that is no equal-epoch figure).
 """
 
 import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -116,6 +119,7 @@ def train(args):
     loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator(device).manual_seed(args.seed)
     history, trained_seconds = [], 0.0
+    stopped = _stop_on_signals()
     print(
         f"{args.model} in native PyTorch {torch.__version__} on {device} ({'bf16 autocast' if bf16 else 'float32'}, channels_last"
         f"{', torch.compile' if args.compile else ''}): {len(images):,} train / {len(test_images):,} test images; "
@@ -127,7 +131,10 @@ def train(args):
         start = time.perf_counter()
         order = torch.randperm(len(images), device=device, generator=generator)
         loss_sum = torch.zeros((), device=device)
+        done = 0
         for i in range(steps):
+            if stopped:
+                break
             chosen = order[i * args.batch : (i + 1) * args.batch]
             x = to_input(crop_and_flip(images[chosen], 4, generator))
             optimizer.zero_grad(set_to_none=True)
@@ -137,14 +144,18 @@ def train(args):
             optimizer.step()
             schedule.step()
             loss_sum += loss.detach()
+            done += 1
         _sync(device)
+        if done < steps:  # stopped within the epoch: it does not count
+            print(f"{stopped[0]} in epoch {epoch + 1}: stopping after {epoch} of {args.epochs} epochs", flush=True)
+            break
         seconds = time.perf_counter() - start
         if epoch:  # the first epoch holds compilation and warm-up
             trained_seconds += seconds
         history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "seconds": round(seconds, 3)})
         print(f"epoch {epoch + 1}/{args.epochs}: {seconds:.1f}s, loss {history[-1]['loss']:.4f}", flush=True)
     accuracy, accuracy_tta, predictions = evaluate(net, test_images, test_labels, 1000, autocast)
-    timed = steps * args.batch * (args.epochs - 1)
+    timed = steps * args.batch * (len(history) - 1)
     report = {
         "model": args.model, "framework": f"torch {torch.__version__}", "device": _device_name(device),
         "precision": "bf16 autocast" if bf16 else "float32", "channels_last": True, "compiled": args.compile,
@@ -154,15 +165,32 @@ def train(args):
         "test_accuracy": accuracy, "test_accuracy_flip_tta": accuracy_tta,
         "images_per_second": timed / trained_seconds if trained_seconds else None,
         "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history,
+        "epochs_trained": len(history),
+        "stopped": f"by {stopped[0]} after {len(history)} of {args.epochs} epochs" if len(history) < args.epochs else None,
         "test_predictions": predictions,  # plain top-1 class of each test image, in `zoo eval --data-dir`'s order
         "test_labels": dataset.test.labels.tolist(),
     }
-    print(f"test accuracy {accuracy:.4f} ({accuracy_tta:.4f} with flip TTA); {report['images_per_second'] or 0:.0f} images/s", flush=True)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
+    print(f"test accuracy {accuracy:.4f} ({accuracy_tta:.4f} with flip TTA); {report['images_per_second'] or 0:.0f} images/s"
+          + (f"; stopped {report['stopped']}" if report["stopped"] else ""), flush=True)
+    if args.json:  # whole or not at all, should a second signal kill the process while it writes
+        path = os.path.abspath(args.json)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".partial", "w") as f:
             json.dump(report, f, indent=2)
+        os.replace(path + ".partial", path)
     return report
+
+
+def _stop_on_signals():
+    """A list that SIGTERM or SIGINT (Ctrl-C) fills with the signal's name, instead of ending the process."""
+    stopped = []
+
+    def note(signum, frame):
+        stopped.append(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, note)
+    return stopped
 
 
 def _sync(device):

@@ -135,12 +135,13 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
 
 @pytest.mark.memory_heavy
 @pytest.mark.slow
-def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, lease_env, tmp_path, monkeypatch):
+@needs_torch
+def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, lease_env, tmp_path, monkeypatch, capsys):
     out = session(
-        lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.4, "--smoke-images", 0,
-        "--recipes", "lenet5_cifar10", "--references", "--limit", 200, "--backup-every", 2, "--set", "data.validation_size=100",
+        lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.5, "--smoke-images", 0,
+        "--recipes", "lenet5_cifar10", "--references", "lenet5", "--limit", 400, "--backup-every", 2, "--set", "data.validation_size=100",
     )
-    assert '"lenet5_cifar10": "stopped at the deadline after ' in out
+    assert '"lenet5_cifar10": "stopped at the deadline after ' in out and '"reference_lenet5": "stopped at the deadline after ' in out
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     gpu_session.main(["unpack", str(tmp_path / "out"), "--into", str(tmp_path / "runs")])
     run = tmp_path / "runs" / "lenet5_cifar10"
@@ -148,6 +149,11 @@ def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed
     assert json.loads((run / "state.json").read_text())["epoch"] >= 2
     # Stopped by its SIGTERM, not killed 30 s later (under JAX the signal was often lost: zoo.interrupts).
     assert "zoo train: terminated (SIGTERM)" in (tmp_path / "runs" / "lenet5_cifar10.log").read_text()
+    # The reference tested what it had trained and says so: its figures are not those of 5000 epochs.
+    reference = json.loads((tmp_path / "runs" / "reference_lenet5.json").read_text())
+    assert reference["stopped"] == f"by SIGTERM after {reference['epochs_trained']} of 5000 epochs" and reference["epochs_trained"] >= 1
+    assert len(reference["history"]) == reference["epochs_trained"] and len(reference["test_predictions"]) == 500
+    assert f"reference_lenet5.json: lenet5 test {reference['test_accuracy']:.4f}" in capsys.readouterr().out
 
 
 def test_run_without_a_pack_says_what_to_do_before_any_work(tmp_path):
