@@ -39,6 +39,8 @@ def predictions(side, data_dir):
         report = json.loads(pathlib.Path(side).read_text())
         if "test_predictions" not in report:
             raise SystemExit(f"{side} keeps no per-image predictions: a torch_reference.py report from before they were kept.")
+        if report.get("stopped"):
+            print(f"{side}: stopped {report['stopped']}, with its schedule not run out: not an equal-epoch figure")
         return np.array(report["test_predictions"]), np.array(report["test_labels"])
     from zoo.data import load_test_images
     from zoo.evaluation import check_classes, probabilities

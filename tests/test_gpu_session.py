@@ -154,6 +154,8 @@ def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed
     assert reference["stopped"] == f"by SIGTERM after {reference['epochs_trained']} of 5000 epochs" and reference["epochs_trained"] >= 1
     assert len(reference["history"]) == reference["epochs_trained"] and len(reference["test_predictions"]) == 500
     assert f"reference_lenet5.json: lenet5 test {reference['test_accuracy']:.4f}" in capsys.readouterr().out
+    paired.main([str(tmp_path / "runs" / "reference_lenet5.json")] * 2 + ["--data-dir", str(tmp_path)])
+    assert f"stopped {reference['stopped']}, with its schedule not run out" in capsys.readouterr().out
 
 
 def test_run_without_a_pack_says_what_to_do_before_any_work(tmp_path):
