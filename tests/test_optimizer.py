@@ -1,8 +1,11 @@
 """The recipe's optimizer: its learning-rate schedules step by step, the batch norms' faster biases, and
-the moving average of the weights (`optimizer.use_ema`) in validation, checkpoints and resumed runs."""
+the moving average of the weights (`optimizer.use_ema`) in validation, checkpoints and resumed runs, and
+airbench's lookahead (`optimizer.lookahead`) with its batch-norm momentum (`training.batch_norm_momentum`)."""
 
 import csv
+import importlib.util
 import json
+import types
 
 import numpy as np
 import pytest
@@ -13,6 +16,8 @@ from zoo import recipe as recipes
 from zoo import training
 from zoo.data import load_dataset, one_hot
 from zoo.optimizer import learning_rate, learning_rate_scales, make_optimizer
+
+from test_portability import run_python
 
 
 def schedule_values(overrides, steps_per_epoch=10):
@@ -68,6 +73,8 @@ def test_batch_norm_biases_step_their_scale_times_further_and_nothing_else_chang
     ("optimizer.ema_momentum=1.0", r"optimizer.ema_momentum must be in \(0, 1\)"),
     ("optimizer.use_ema=1", r"optimizer.use_ema must be of type bool"),
     ("optimizer.batch_norm_bias_lr_scale=0", r"optimizer.batch_norm_bias_lr_scale must be > 0"),
+    ("optimizer.lookahead=1", r"optimizer.lookahead must be of type bool"),
+    ("training.batch_norm_momentum=1.0", r"training.batch_norm_momentum must be in \[0, 1\)"),
 ])
 def test_bad_optimizer_settings_name_the_key(override, message):
     with pytest.raises(recipes.RecipeError, match=message):
@@ -131,3 +138,81 @@ def test_validation_and_the_checkpoint_use_the_average_and_a_resumed_run_matches
 
 def weights(run_dir):
     return keras.saving.load_model(run_dir / "model.keras").get_weights()
+
+
+# Each backend's `fit` with the callback against its own `train_on_batch` steps and the pulls done by hand:
+# under JAX the trainer holds the variables' values between syncs, so a pull it did not see would be lost.
+LOOKAHEAD_AGAINST_BY_HAND = """
+import numpy as np, keras
+from zoo.callbacks import Lookahead
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(24, 4)).astype("float32"), rng.normal(size=(24, 3)).astype("float32")
+
+def model():
+    keras.utils.set_random_seed(0)
+    m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(momentum=0.5)])
+    m.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss="mse")
+    return m
+
+def floats(m):
+    return [v for v in m.variables if "float" in str(v.dtype)]  # kernel, bias, gamma, beta, moving mean and variance
+
+pulled, plain = model(), model()
+pulled.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0, callbacks=[Lookahead(6, 2, every=4, peak_decay=0.5)])
+plain.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0)
+by_hand = model()
+slow = [keras.ops.convert_to_numpy(v) for v in floats(by_hand)]
+for step in range(1, 13):  # 6 steps an epoch: pulls after steps 4, 6 (an epoch's end), 8 and 12
+    i = (step - 1) % 6
+    by_hand.train_on_batch(x[4 * i:4 * i + 4], y[4 * i:4 * i + 4])
+    if step % 4 == 0 or step % 6 == 0:
+        decay = 0.5 * (step / 12) ** 3
+        slow = [s + (1 - decay) * (keras.ops.convert_to_numpy(v) - s) for s, v in zip(slow, floats(by_hand))]
+        for v, s in zip(floats(by_hand), slow):
+            v.assign(s)
+for a, b, c in zip(floats(pulled), floats(by_hand), floats(plain)):
+    a, b, c = (keras.ops.convert_to_numpy(v) for v in (a, b, c))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(a, c)  # the pulls changed every variable, the moving statistics too
+print(keras.backend.backend())
+"""
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_lookahead_pulls_weights_and_statistics_to_a_slow_copy_on_its_schedule_in_every_backend(backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed: pip install -e '.[dev]'")
+    assert run_python(LOOKAHEAD_AGAINST_BY_HAND, KERAS_BACKEND=backend).split() == [backend]
+
+
+def test_lookahead_with_a_multi_worker_strategy_is_refused_before_any_work():
+    recipe = recipes.load("lenet5_cifar10", ["optimizer.lookahead=true"])
+    with pytest.raises(ValueError, match=r"optimizer.lookahead is not supported with --strategy multi_worker: set it to false"):
+        training._check_before_work(recipe, types.SimpleNamespace(strategy=object()))
+
+
+@pytest.mark.slow
+def test_a_lookahead_run_with_fast_batch_norm_statistics_resumes_exactly_and_saves_plain_keras(small_cifar10, tmp_path, monkeypatch):
+    recipe = recipes.load("lenet5_cifar10", [
+        f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=0", "data.limit=600",
+        "training.epochs=3", "training.tta_flip=false", "training.precision='float32'", "model.batch_norm=true",
+        "optimizer.lookahead=true", "training.batch_norm_momentum=0.4",
+    ])
+    unbroken = training.train(recipe, tmp_path / "unbroken", verbose=0)
+    end_of_epoch = training.RunState.on_epoch_end
+
+    def stop_in_the_second_epoch(self, epoch, logs=None):  # before its backup: it resumes from epoch 1
+        end_of_epoch(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.RunState, "on_epoch_end", stop_in_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(recipe, tmp_path / "resumed", verbose=0)
+    monkeypatch.undo()
+    resumed = training.train(recipe, tmp_path / "resumed", verbose=0)
+    assert resumed["resumed_from_epoch"] == [1] and resumed["test_accuracy"] == unbroken["test_accuracy"]
+    for a, b in zip(weights(tmp_path / "resumed"), weights(tmp_path / "unbroken")):
+        np.testing.assert_array_equal(a, b)
+    model = keras.saving.load_model(tmp_path / "unbroken" / "model.keras", safe_mode=True)
+    assert [layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)] == [0.4, 0.4]

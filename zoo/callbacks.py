@@ -82,6 +82,45 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
         self._ema_weights_in_model = resumed
 
 
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead (Zhang et al. 2019, on Keller Jordan's schedule): every `every` steps, and at each
+    epoch's last step, a slow copy of the model's float variables (weights and the batch norms' moving
+    statistics) moves toward them, slow += (1 - decay) * (fast - slow), and training continues from it
+    (fast = slow). The decay rises as `peak_decay` * (step / total steps) ** 3: no pull early, 0.95**5 at the
+    end, so the run ends on the slow weights. With a pull at every epoch's end, checkpoints and backups hold
+    the slow weights, and a resumed run continues exactly as an unbroken one."""
+
+    def __init__(self, steps_per_epoch, epochs, every=5, peak_decay=0.95**5):
+        super().__init__()
+        self.steps_per_epoch, self.total_steps, self.every, self.peak_decay = steps_per_epoch, steps_per_epoch * epochs, every, peak_decay
+        self._slow = None
+
+    def on_train_begin(self, logs=None):
+        self._slow = None  # taken at the first step: after a backup was restored
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._slow is None:
+            self._variables = [v for v in self.model.variables if "float" in str(v.dtype)]
+            self._slow = [keras.ops.copy(keras.ops.stop_gradient(v.value)) for v in self._variables]
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._epoch * self.steps_per_epoch + batch + 1
+        if step % self.every == 0 or batch + 1 == self.steps_per_epoch:
+            self.pull(self.peak_decay * min(step / self.total_steps, 1.0) ** 3)
+
+    def pull(self, decay):
+        """slow += (1 - decay) * (fast - slow); fast = slow."""
+        if keras.backend.backend() == "jax":
+            self.model.jax_state_sync()  # the trainer re-reads the variables at the next step
+        for i, variable in enumerate(self._variables):
+            slow = self._slow[i] + (1.0 - decay) * (keras.ops.stop_gradient(variable.value) - self._slow[i])
+            self._slow[i] = slow
+            variable.assign(keras.ops.copy(slow))  # not the slow copy's own buffer: JAX's step donates the variables'
+
+
 class PeriodicBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` every `every` epochs (a kill loses at most `every` - 1 of them).
 

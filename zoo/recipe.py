@@ -53,6 +53,7 @@ SCHEMA = {
         "use_ema": (bool, False),  # validate, checkpoint and release the weights' moving average
         "ema_momentum": (float, 0.99),  # per step: the average forgets with a horizon of 1 / (1 - momentum) steps
         "batch_norm_bias_lr_scale": (float, 1.0),  # batch norms' biases learn this many times faster (airbench: 64)
+        "lookahead": (bool, False),  # airbench's lookahead: every 5 steps the weights and batch-norm statistics move to a slow copy of them
     },
     "schedule": {
         "name": (str, "warmup_cosine"),
@@ -72,6 +73,7 @@ SCHEMA = {
         "tta_flip": (bool, False),  # average the logits of each test image and its mirror
         "whitening_init": (bool, False),  # the first convolution starts as a whitening of the training patches (airbench)
         "dirac_init": (bool, False),  # every later convolution starts as the identity on its first channels (airbench)
+        "batch_norm_momentum": (float, OPTIONAL),  # the batch norms' moving statistics keep this share a step (Keras: 0.99; airbench: 0.4)
     },
     "expected": {
         "test_accuracy": (float, OPTIONAL),
@@ -117,6 +119,7 @@ RANGES = {
     ("training", "epochs"): (">= 1", lambda v: v >= 1),
     ("training", "label_smoothing"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("training", "seed"): (">= 0", lambda v: v >= 0),
+    ("training", "batch_norm_momentum"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("expected", "test_accuracy"): ("in [0, 1]", lambda v: 0 <= v <= 1),
 }
 

@@ -14,7 +14,7 @@ import tempfile
 import keras
 
 from zoo import finetune
-from zoo.callbacks import AveragedWeights, BestCheckpoint, PeriodicBackup, RunState, StopOnNaN, StopWhenAsked
+from zoo.callbacks import AveragedWeights, BestCheckpoint, Lookahead, PeriodicBackup, RunState, StopOnNaN, StopWhenAsked
 from zoo.data import Batches, EpochSync, folder_class_names, load_dataset, one_hot
 from zoo.evaluation import evaluate, hardware, versions
 from zoo.files import write_text_atomically
@@ -142,6 +142,8 @@ def _check_before_work(recipe, dist):
             raise ValueError("finetune.frozen_epochs is not supported with --strategy multi_worker: set it to 0.")
     if recipe["optimizer"]["use_ema"] and dist.strategy is not None:  # its own loop validates the raw weights
         raise ValueError("optimizer.use_ema is not supported with --strategy multi_worker: set it to false.")
+    if recipe["optimizer"]["lookahead"] and dist.strategy is not None:  # not written for mirrored variables
+        raise ValueError("optimizer.lookahead is not supported with --strategy multi_worker: set it to false.")
     if recipe["data"]["data_dir"]:
         _check_classes(recipe, folder_class_names(recipe["data"]["data_dir"]), recipe["data"]["data_dir"])
     return start
@@ -224,6 +226,10 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     with dist.scope():
         model = build_model(recipe, (*image_size, data_cfg["channels"]), num_classes)
         change = finetune.transfer(start, model, dataset.class_names) if start else None
+        if recipe["training"]["batch_norm_momentum"] is not None:
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.momentum = recipe["training"]["batch_norm_momentum"]
         whitened = identities = 0
         if initial_epoch == 0:  # a resume restores the trained weights
             if recipe["training"]["whitening_init"]:
@@ -278,6 +284,8 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         callbacks.append(backup)
     if recipe["optimizer"]["use_ema"]:  # before the checkpoint and the backup: they see the average
         callbacks.insert(0, AveragedWeights(resumed=initial_epoch > 0))
+    if recipe["optimizer"]["lookahead"]:  # before the checkpoint and the backup: they see the slow weights
+        callbacks.insert(0, Lookahead(len(train_batches), epochs))
     callbacks.insert(0, StopWhenAsked())  # first: a stop asked for comes before any write of the epoch
     if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
         verbose = 1 if sys.stdout.isatty() else 0
