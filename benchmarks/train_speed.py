@@ -42,7 +42,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
     from zoo import recipe as recipes
     from zoo.data import Batches, Split, one_hot
     from zoo.optimizer import make_optimizer
-    from zoo.training import build_model, has_accelerator, resolve_precision
+    from zoo.training import build_model, has_accelerator, resolve_precision, step_callbacks
 
     recipe = recipes.load(f"{model_name}_cifar10", _overrides())
     keras.config.set_dtype_policy(resolve_precision(recipe["training"]["precision"] if precision == "recipe" else precision))
@@ -59,7 +59,8 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
     if pipeline:
         on_device = has_accelerator() and keras.backend.backend() != "tensorflow"  # as zoo train's --augment-on auto
         data = Batches(split, batch, seed=0, augmentation=recipe["augment"], one_hot=10, on_device=on_device)
-        fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0)  # noqa: E731 - as zoo.training does
+        callbacks = step_callbacks(recipe, steps)  # airbench's lookahead, where the recipe has it
+        fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0, callbacks=callbacks)  # noqa: E731 - as zoo.training does
     else:
         labels = one_hot(split.labels, 10)
         fit = lambda: model.fit(split.images, labels, batch_size=batch, epochs=1, verbose=0)  # noqa: E731

@@ -296,3 +296,18 @@ def test_train_speed_measures_the_zoo_train_path_with_a_recipe_option_beside_it(
     assert plain[0] == with_ema[0] and "ZOO_BENCH_SET" not in plain[1]
     monkeypatch.setenv("ZOO_BENCH_SET", with_ema[1]["ZOO_BENCH_SET"])
     assert train_speed._overrides() == ["optimizer.use_ema=true"]  # what the worker's recipe gets
+
+
+def test_train_speed_with_lookahead_times_its_pulls_too(monkeypatch):
+    """`--with optimizer.lookahead=true` times the step with the callback that pulls every 5 steps, as `zoo train` runs it."""
+    import train_speed
+    from zoo.callbacks import Lookahead
+
+    pulls, pull = [], Lookahead.pull
+    monkeypatch.setattr(Lookahead, "pull", lambda self, decay: (pulls.append(decay), pull(self, decay)))
+    monkeypatch.setenv("ZOO_BENCH_SET", json.dumps(["optimizer.lookahead=true", "training.batch_norm_momentum=0.4"]))
+    result = train_speed.zoo_step("lenet5", "float32", batch=8, steps=10, pipeline=True)
+    assert result["images_per_second"] > 0 and len(pulls) == 4  # after steps 5 and 10, in the warm-up fit and the timed one
+    monkeypatch.setenv("ZOO_BENCH_SET", "[]")
+    train_speed.zoo_step("lenet5", "float32", batch=8, steps=10, pipeline=True)
+    assert len(pulls) == 4

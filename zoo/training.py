@@ -66,10 +66,21 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
 
 
 def build_model(recipe, input_shape, num_classes):
+    """The recipe's model, its batch norms with `training.batch_norm_momentum` where the recipe sets one."""
     options = {k: v for k, v in recipe["model"].items() if k not in ("name", "weights", "num_classes") and v is not None}
     if "fc_units" in options:
         options["fc_units"] = tuple(options["fc_units"])
-    return get_model(recipe["model"]["name"], input_shape=input_shape, num_classes=num_classes, **options)
+    model = get_model(recipe["model"]["name"], input_shape=input_shape, num_classes=num_classes, **options)
+    if recipe["training"]["batch_norm_momentum"] is not None:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = recipe["training"]["batch_norm_momentum"]
+    return model
+
+
+def step_callbacks(recipe, steps_per_epoch):
+    """The callbacks that are part of the recipe's training step (the speed benchmark runs them too)."""
+    return [Lookahead(steps_per_epoch, recipe["training"]["epochs"])] if recipe["optimizer"]["lookahead"] else []
 
 
 AUGMENT_ON = ("auto", "host", "device")
@@ -226,10 +237,6 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     with dist.scope():
         model = build_model(recipe, (*image_size, data_cfg["channels"]), num_classes)
         change = finetune.transfer(start, model, dataset.class_names) if start else None
-        if recipe["training"]["batch_norm_momentum"] is not None:
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.momentum = recipe["training"]["batch_norm_momentum"]
         whitened = identities = 0
         if initial_epoch == 0:  # a resume restores the trained weights
             if recipe["training"]["whitening_init"]:
@@ -284,8 +291,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         callbacks.append(backup)
     if recipe["optimizer"]["use_ema"]:  # before the checkpoint and the backup: they see the average
         callbacks.insert(0, AveragedWeights(resumed=initial_epoch > 0))
-    if recipe["optimizer"]["lookahead"]:  # before the checkpoint and the backup: they see the slow weights
-        callbacks.insert(0, Lookahead(len(train_batches), epochs))
+    callbacks[:0] = step_callbacks(recipe, len(train_batches))  # before the checkpoint and the backup: they see the slow weights
     callbacks.insert(0, StopWhenAsked())  # first: a stop asked for comes before any write of the epoch
     if verbose == "auto":  # a progress bar on a terminal; RunState's line per epoch either way
         verbose = 1 if sys.stdout.isatty() else 0
