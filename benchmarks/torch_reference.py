@@ -18,6 +18,7 @@ after how many of its epochs it stopped (with the schedule not run out, that is 
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -119,78 +120,83 @@ def train(args):
     loss_fn = torch.nn.CrossEntropyLoss()
     generator = torch.Generator(device).manual_seed(args.seed)
     history, trained_seconds = [], 0.0
-    stopped = _stop_on_signals()
-    print(
-        f"{args.model} in native PyTorch {torch.__version__} on {device} ({'bf16 autocast' if bf16 else 'float32'}, channels_last"
-        f"{', torch.compile' if args.compile else ''}): {len(images):,} train / {len(test_images):,} test images; "
-        f"{args.epochs} epochs of {steps} steps", flush=True,
-    )
-    for epoch in range(args.epochs):
-        net.train()
-        _sync(device)
-        start = time.perf_counter()
-        order = torch.randperm(len(images), device=device, generator=generator)
-        loss_sum = torch.zeros((), device=device)
-        done = 0
-        for i in range(steps):
-            if stopped:
+    with _stop_on_signals() as stopped:  # the handlers before it come back once the report is written
+        print(
+            f"{args.model} in native PyTorch {torch.__version__} on {device} ({'bf16 autocast' if bf16 else 'float32'}, channels_last"
+            f"{', torch.compile' if args.compile else ''}): {len(images):,} train / {len(test_images):,} test images; "
+            f"{args.epochs} epochs of {steps} steps", flush=True,
+        )
+        for epoch in range(args.epochs):
+            net.train()
+            _sync(device)
+            start = time.perf_counter()
+            order = torch.randperm(len(images), device=device, generator=generator)
+            loss_sum = torch.zeros((), device=device)
+            done = 0
+            for i in range(steps):
+                if stopped:
+                    break
+                chosen = order[i * args.batch : (i + 1) * args.batch]
+                x = to_input(crop_and_flip(images[chosen], 4, generator))
+                optimizer.zero_grad(set_to_none=True)
+                with autocast():
+                    loss = loss_fn(step_net(x), labels[chosen])
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                loss_sum += loss.detach()
+                done += 1
+            _sync(device)
+            if done < steps:  # stopped within the epoch: it does not count
+                print(f"{stopped[0]} in epoch {epoch + 1}: stopping after {epoch} of {args.epochs} epochs", flush=True)
                 break
-            chosen = order[i * args.batch : (i + 1) * args.batch]
-            x = to_input(crop_and_flip(images[chosen], 4, generator))
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                loss = loss_fn(step_net(x), labels[chosen])
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += loss.detach()
-            done += 1
-        _sync(device)
-        if done < steps:  # stopped within the epoch: it does not count
-            print(f"{stopped[0]} in epoch {epoch + 1}: stopping after {epoch} of {args.epochs} epochs", flush=True)
-            break
-        seconds = time.perf_counter() - start
-        if epoch:  # the first epoch holds compilation and warm-up
-            trained_seconds += seconds
-        history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "seconds": round(seconds, 3)})
-        print(f"epoch {epoch + 1}/{args.epochs}: {seconds:.1f}s, loss {history[-1]['loss']:.4f}", flush=True)
-    accuracy, accuracy_tta, predictions = evaluate(net, test_images, test_labels, 1000, autocast)
-    timed = steps * args.batch * (len(history) - 1)
-    report = {
-        "model": args.model, "framework": f"torch {torch.__version__}", "device": _device_name(device),
-        "precision": "bf16 autocast" if bf16 else "float32", "channels_last": True, "compiled": args.compile,
-        "recipe": {"optimizer": "SGD", "lr": args.lr, "momentum": 0.9, "nesterov": args.nesterov, "weight_decay": 5e-4, "batch": args.batch,
-                   "schedule": "cosine per step", "augment": "crop (pad 4) + flip", "epochs": args.epochs, "seed": args.seed},
-        "data": {"dir": os.path.abspath(args.data_dir), "train": len(images), "test": len(test_images)},
-        "test_accuracy": accuracy, "test_accuracy_flip_tta": accuracy_tta,
-        "images_per_second": timed / trained_seconds if trained_seconds else None,
-        "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history,
-        "epochs_trained": len(history),
-        "stopped": f"by {stopped[0]} after {len(history)} of {args.epochs} epochs" if len(history) < args.epochs else None,
-        "test_predictions": predictions,  # plain top-1 class of each test image, in `zoo eval --data-dir`'s order
-        "test_labels": dataset.test.labels.tolist(),
-    }
-    print(f"test accuracy {accuracy:.4f} ({accuracy_tta:.4f} with flip TTA); {report['images_per_second'] or 0:.0f} images/s"
-          + (f"; stopped {report['stopped']}" if report["stopped"] else ""), flush=True)
-    if args.json:  # whole or not at all, should a second signal kill the process while it writes
-        path = os.path.abspath(args.json)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".partial", "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(path + ".partial", path)
-    return report
+            seconds = time.perf_counter() - start
+            if epoch:  # the first epoch holds compilation and warm-up
+                trained_seconds += seconds
+            history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "seconds": round(seconds, 3)})
+            print(f"epoch {epoch + 1}/{args.epochs}: {seconds:.1f}s, loss {history[-1]['loss']:.4f}", flush=True)
+        accuracy, accuracy_tta, predictions = evaluate(net, test_images, test_labels, 1000, autocast)
+        timed = steps * args.batch * (len(history) - 1)
+        report = {
+            "model": args.model, "framework": f"torch {torch.__version__}", "device": _device_name(device),
+            "precision": "bf16 autocast" if bf16 else "float32", "channels_last": True, "compiled": args.compile,
+            "recipe": {"optimizer": "SGD", "lr": args.lr, "momentum": 0.9, "nesterov": args.nesterov, "weight_decay": 5e-4, "batch": args.batch,
+                       "schedule": "cosine per step", "augment": "crop (pad 4) + flip", "epochs": args.epochs, "seed": args.seed},
+            "data": {"dir": os.path.abspath(args.data_dir), "train": len(images), "test": len(test_images)},
+            "test_accuracy": accuracy, "test_accuracy_flip_tta": accuracy_tta,
+            "images_per_second": timed / trained_seconds if trained_seconds else None,
+            "train_seconds": round(sum(h["seconds"] for h in history), 1), "history": history,
+            "epochs_trained": len(history),
+            "stopped": f"by {stopped[0]} after {len(history)} of {args.epochs} epochs" if len(history) < args.epochs else None,
+            "test_predictions": predictions,  # plain top-1 class of each test image, in `zoo eval --data-dir`'s order
+            "test_labels": dataset.test.labels.tolist(),
+        }
+        print(f"test accuracy {accuracy:.4f} ({accuracy_tta:.4f} with flip TTA); {report['images_per_second'] or 0:.0f} images/s"
+              + (f"; stopped {report['stopped']}" if report["stopped"] else ""), flush=True)
+        if args.json:  # whole or not at all, should a second signal kill the process while it writes
+            path = os.path.abspath(args.json)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".partial", "w") as f:
+                json.dump(report, f, indent=2)
+            os.replace(path + ".partial", path)
+        return report
 
 
+@contextlib.contextmanager
 def _stop_on_signals():
-    """A list that SIGTERM or SIGINT (Ctrl-C) fills with the signal's name, instead of ending the process."""
+    """A list that SIGTERM or SIGINT (Ctrl-C) fills with the signal's name, instead of ending the process,
+    while the block runs; the handlers from before are restored after it."""
     stopped = []
 
     def note(signum, frame):
         stopped.append(signal.Signals(signum).name)
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, note)
-    return stopped
+    previous = {signum: signal.signal(signum, note) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stopped
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _sync(device):

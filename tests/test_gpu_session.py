@@ -231,6 +231,19 @@ def test_the_reference_is_the_peers_network_whatever_the_zoo_recipe_sets(small_c
     assert rates == [0.5, 0.5] and len(dataset.train.images) == 64  # pytorch-cifar-models' classifier: Dropout() twice
 
 
+def test_the_references_signal_handlers_note_a_stop_while_it_trains_and_are_put_back_after():
+    import signal
+
+    from torch_reference import _stop_on_signals
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with _stop_on_signals() as stopped:
+        os.kill(os.getpid(), signal.SIGTERM)  # noted, not the end of the process
+        signal.raise_signal(signal.SIGINT)  # nor a KeyboardInterrupt
+    assert stopped == ["SIGTERM", "SIGINT"]
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
 @needs_torch
 def test_the_references_evaluation_keeps_each_images_prediction_and_averages_the_flipped_view_in():
     import contextlib
