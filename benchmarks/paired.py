@@ -42,14 +42,12 @@ def predictions(side, data_dir):
         if report.get("stopped"):
             print(f"{side}: stopped {report['stopped']}, with its schedule not run out: not an equal-epoch figure")
         return np.array(report["test_predictions"]), np.array(report["test_labels"])
-    from zoo.data import load_test_images
     from zoo.evaluation import check_classes, probabilities
-    from zoo.loading import load_model, run_results
+    from zoo.loading import load_model, test_images_for
 
     name, _, tag = side.partition(":") if ":" in side and not os.path.exists(side) else (side, "", None)
     model, class_names = load_model(name, weights=tag)
-    split = (run_results(name) or {} if tag is None else {}).get("data", {}).get("split")  # a run's own test part
-    test, data_classes, _ = load_test_images(data_dir, tuple(model.input.shape[1:3]), model.input.shape[3], split)
+    test, data_classes, _ = test_images_for(name, model, data_dir, tag)  # as zoo eval --data-dir takes them
     check_classes(model, data_classes, class_names, data_dir)
     return probabilities(model, test.images).argmax(axis=1), test.labels
 

@@ -114,15 +114,14 @@ def cmd_eval(args):
     import json
 
     from zoo import pretrained
-    from zoo.data import DataUnavailableError, Split, load_dataset, load_test_images
+    from zoo.data import DataUnavailableError, Split, load_dataset
     from zoo.evaluation import check_classes, evaluate
-    from zoo.loading import load_model, run_results, trained_with_flips
+    from zoo.loading import load_model, test_images_for, trained_with_flips
 
     model, model_class_names = load_model(args.model, weights=args.weights)
     height, width, channels = model.input.shape[1:]
     if args.data_dir:  # only the test images are decoded
-        split = (run_results(args.model) or {}).get("data", {}).get("split")
-        test, class_names, part = load_test_images(args.data_dir, (height, width), channels, split)
+        test, class_names, part = test_images_for(args.model, model, args.data_dir, args.weights)
         source = os.path.abspath(args.data_dir)
         if args.limit:
             keep = np.random.default_rng(0).permutation(len(test))[: args.limit]

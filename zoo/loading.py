@@ -51,6 +51,16 @@ def run_results(source):
     return json.loads(results.read_text()) if results.is_file() else None
 
 
+def test_images_for(source, model, data_dir, weights=None):
+    """`(Split, class names, part)`: the test images of `data_dir` at `model`'s input size and channels, and of
+    a run folder's own test part where its run split one folder of class folders (results.json says how)."""
+    from zoo.data import load_test_images
+
+    split = (run_results(source) or {} if weights is None else {}).get("data", {}).get("split")
+    height, width, channels = model.input.shape[1:]
+    return load_test_images(data_dir, (height, width), channels, split)
+
+
 def trained_with_flips(source, weights=None):
     """Whether the model was trained on mirrored images (its recipe's augment.flip), for a released tag, a run
     folder or a .keras file in one; None where no recipe says."""
