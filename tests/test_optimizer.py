@@ -120,6 +120,17 @@ def test_validation_and_the_checkpoint_use_the_average_and_a_resumed_run_matches
     _, accuracy = checkpoint.evaluate(data.val.images, one_hot(data.val.labels, 10), batch_size=128, verbose=0)
     assert accuracy == pytest.approx(float(history[best]["val_accuracy"]), abs=1e-6)
 
+    resumed = stopped_in_epoch_2_then_resumed(recipe, tmp_path / "resumed", monkeypatch)
+    assert resumed["test_accuracy"] == unbroken["test_accuracy"]
+    for a, b in zip(weights(tmp_path / "resumed"), weights(tmp_path / "unbroken")):
+        np.testing.assert_array_equal(a, b)
+    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["val_accuracy"] == unbroken["val_accuracy"]
+
+
+def stopped_in_epoch_2_then_resumed(recipe, run_dir, monkeypatch):
+    """The results of `recipe` trained into `run_dir`, stopped (Ctrl-C) at epoch 2's end before its backup, then run again."""
+    end_of_epoch = training.RunState.on_epoch_end
+
     def stop_in_the_second_epoch(self, epoch, logs=None):  # before its backup: it resumes from epoch 1
         end_of_epoch(self, epoch, logs)
         if epoch == 1:
@@ -127,13 +138,11 @@ def test_validation_and_the_checkpoint_use_the_average_and_a_resumed_run_matches
 
     monkeypatch.setattr(training.RunState, "on_epoch_end", stop_in_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        training.train(recipe, tmp_path / "resumed", verbose=0)
+        training.train(recipe, run_dir, verbose=0)
     monkeypatch.undo()
-    resumed = training.train(recipe, tmp_path / "resumed", verbose=0)
-    assert resumed["resumed_from_epoch"] == [1] and resumed["test_accuracy"] == unbroken["test_accuracy"]
-    for a, b in zip(weights(tmp_path / "resumed"), weights(tmp_path / "unbroken")):
-        np.testing.assert_array_equal(a, b)
-    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["val_accuracy"] == unbroken["val_accuracy"]
+    resumed = training.train(recipe, run_dir, verbose=0)
+    assert resumed["resumed_from_epoch"] == [1]
+    return resumed
 
 
 def weights(run_dir):
@@ -199,19 +208,8 @@ def test_a_lookahead_run_with_fast_batch_norm_statistics_resumes_exactly_and_sav
         "optimizer.lookahead=true", "training.batch_norm_momentum=0.4",
     ])
     unbroken = training.train(recipe, tmp_path / "unbroken", verbose=0)
-    end_of_epoch = training.RunState.on_epoch_end
-
-    def stop_in_the_second_epoch(self, epoch, logs=None):  # before its backup: it resumes from epoch 1
-        end_of_epoch(self, epoch, logs)
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.RunState, "on_epoch_end", stop_in_the_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        training.train(recipe, tmp_path / "resumed", verbose=0)
-    monkeypatch.undo()
-    resumed = training.train(recipe, tmp_path / "resumed", verbose=0)
-    assert resumed["resumed_from_epoch"] == [1] and resumed["test_accuracy"] == unbroken["test_accuracy"]
+    resumed = stopped_in_epoch_2_then_resumed(recipe, tmp_path / "resumed", monkeypatch)
+    assert resumed["test_accuracy"] == unbroken["test_accuracy"]
     for a, b in zip(weights(tmp_path / "resumed"), weights(tmp_path / "unbroken")):
         np.testing.assert_array_equal(a, b)
     model = keras.saving.load_model(tmp_path / "unbroken" / "model.keras", safe_mode=True)
