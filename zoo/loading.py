@@ -56,7 +56,8 @@ def test_images_for(source, model, data_dir, weights=None):
     a run folder's own test part where its run split one folder of class folders (results.json says how)."""
     from zoo.data import load_test_images
 
-    split = (run_results(source) or {} if weights is None else {}).get("data", {}).get("split")
+    results = run_results(source) if weights is None else None  # a released tag has no run of its own
+    split = (results or {}).get("data", {}).get("split")
     height, width, channels = model.input.shape[1:]
     return load_test_images(data_dir, (height, width), channels, split)
 
