@@ -20,6 +20,8 @@ SETTINGS = [
     {"crop_padding": 0, "flip": True, "cutout": 8},
     {"crop_padding": 2, "flip": False, "cutout": 0},
     {"crop_padding": 40, "flip": False, "cutout": 3},  # padding larger than the image
+    {"crop_padding": 4, "flip": True, "cutout": 8, "padding_mode": "reflect"},
+    {"crop_padding": 40, "flip": True, "cutout": 0, "padding_mode": "reflect"},
 ]
 
 # Run by each backend in its own process: the device path against the host path, for single draws and for
@@ -66,6 +68,26 @@ def test_device_augmentation_gives_the_host_pixels_bit_for_bit(backend, real_ima
 
     code = f"import sys; sys.argv = ['', {str(real_images)!r}, {json.dumps(SETTINGS)!r}]; sys.path.insert(0, {str(ROOT)!r})\n" + SAME_PIXELS
     assert f"same pixels under {backend}" in run_python(code, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu")
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_a_crop_is_numpys_padded_image_cropped_then_flipped(mode, real_images):
+    """Against `np.pad` with the same mode, image by image: the crop reads the padded image at the drawn offset."""
+    images = np.load(real_images)["images"]
+    d = augment.draw(len(images), 32, 32, np.random.default_rng(8), crop_padding=4, flip=True, padding_mode=mode)
+    assert {-4, 4} <= set(d.shift.ravel()) and d.reflect == (mode == "reflect")
+    out = augment.apply(images, d)
+    for image, got, (dy, dx), flipped in zip(images, out, d.shift.T, d.flipped):
+        crop = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode=mode)[4 + dy : 36 + dy, 4 + dx : 36 + dx]
+        np.testing.assert_array_equal(got, crop[:, ::-1] if flipped else crop)
+
+
+def test_an_unknown_padding_mode_is_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="padding_mode must be one of constant, reflect. Received: padding_mode='edge'"):
+        augment.draw(4, 8, 8, np.random.default_rng(0), padding_mode="edge")
+    split = Split(np.zeros((4, 8, 8, 3), np.uint8), np.zeros(4, "int32"))
+    with pytest.raises(ValueError, match="Received: padding_mode='symmetric'"):
+        Batches(split, 2, augmentation={"crop_padding": 4, "padding_mode": "symmetric"})
 
 
 def test_the_draw_keeps_the_random_stream_runs_always_had():

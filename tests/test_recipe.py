@@ -62,6 +62,7 @@ def test_an_int_is_accepted_where_a_float_is_expected():
         ("data.image_size=64", r"data.image_size must be of type list \(TOML: data.image_size=\[64, 64\]\). Received: data.image_size=64"),
         ("training.precision=float16", r"training.precision must be one of auto, float32, mixed_bfloat16, mixed_float16"),
         ("schedule.name=step", r"schedule.name must be one of warmup_cosine, warmup_linear, constant. Received: schedule.name='step'"),
+        ("augment.padding_mode=edge", r"augment.padding_mode must be one of constant, reflect. Received: augment.padding_mode='edge'"),
         ("learning_rate", r"must look like section.key=value. Received: 'learning_rate'"),
         ("data.batch_size=0", r"data.batch_size must be >= 1. Received: data.batch_size=0"),
         ("augment.crop_padding=-1", r"augment.crop_padding must be >= 0 \(0: off\). Received: augment.crop_padding=-1"),

@@ -16,27 +16,36 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class Draw:
     """One batch's random numbers. shift: [2, N] row and column offsets of the crop (None: no crop);
-    flipped: [N] bools (None: no flip); corner: [2, N] top and left of the cutout square (None: none)."""
+    flipped: [N] bools (None: no flip); corner: [2, N] top and left of the cutout square (None: none).
+    reflect: the crop's border mirrors the image instead of being zero."""
 
     shift: np.ndarray | None
     flipped: np.ndarray | None
     corner: np.ndarray | None
     cutout: int = 0
+    reflect: bool = False
 
 
-def check(crop_padding, cutout):
+PADDING_MODES = ("constant", "reflect")
+
+
+def check(crop_padding, cutout, padding_mode="constant"):
     if crop_padding < 0 or cutout < 0:
         raise ValueError(f"crop_padding and cutout must be >= 0 (0: off). Received: crop_padding={crop_padding!r}, cutout={cutout!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {', '.join(PADDING_MODES)}. Received: padding_mode={padding_mode!r}")
 
 
-def draw(n, height, width, rng, *, crop_padding=4, flip=True, cutout=0):
+def draw(n, height, width, rng, *, crop_padding=4, flip=True, cutout=0, padding_mode="constant"):
     """The random numbers for N images of height x width.
 
-    crop_padding: zero-pad by this many pixels, then crop back at a random offset (0: off).
+    crop_padding: pad by this many pixels, then crop back at a random offset (0: off).
     flip: flip half of the images horizontally.
     cutout: side of a square zeroed at a random centre (DeVries & Taylor 2017; 0: off).
+    padding_mode: "constant" pads with zeros (torchvision's default); "reflect" mirrors the image about its
+    edge pixels, `d c b | a b c d | c b a` (NumPy's and PyTorch's reflect, what Page and airbench pad with).
     """
-    check(crop_padding, cutout)
+    check(crop_padding, cutout, padding_mode)
     shift = flipped = corner = None
     if crop_padding:
         p = min(crop_padding, height - 1, width - 1)
@@ -45,7 +54,14 @@ def draw(n, height, width, rng, *, crop_padding=4, flip=True, cutout=0):
         flipped = rng.random(n) < 0.5
     if cutout:
         corner = np.stack([rng.integers(-(cutout // 2), size - cutout // 2, size=n) for size in (height, width)])
-    return Draw(shift, flipped, corner, cutout)
+    return Draw(shift, flipped, corner, cutout, padding_mode == "reflect")
+
+
+def _reflected(index, size, where=np.where):
+    """Indices outside [0, size) mirrored back inside about the edge pixels (one reflection: |shift| < size).
+    `where`: NumPy's, or `keras.ops.where` on the device."""
+    index = where(index < 0, -index, index)
+    return where(index > size - 1, 2 * (size - 1) - index, index)
 
 
 def alternating_flips(half, epoch):
@@ -59,7 +75,11 @@ def apply(images, d):
     """`images` [N, H, W, C] uint8 augmented by the draw `d`, with NumPy (a new array; `images` is kept)."""
     n, h, w, _ = images.shape
     out = images
-    if d.shift is not None:
+    if d.shift is not None and d.reflect:  # one gather: each pixel from its mirrored source
+        rows = _reflected(np.arange(h)[None, :] + d.shift[0][:, None], h)
+        cols = _reflected(np.arange(w)[None, :] + d.shift[1][:, None], w)
+        out = images[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    elif d.shift is not None:
         # A crop of the zero-padded image is the image shifted by (dy, dx) with zero fill.
         # Shift rows, then columns, with one vectorised copy per offset value (no padded copy).
         p = int(np.abs(d.shift).max(initial=0))
@@ -85,10 +105,10 @@ def apply(images, d):
     return out
 
 
-def augment(images, rng, *, crop_padding=4, flip=True, cutout=0):
-    """Randomly augment a uint8 batch [N, H, W, C] on the host, each image with its own draw."""
+def augment(images, rng, **settings):
+    """Randomly augment a uint8 batch [N, H, W, C] on the host, each image with its own draw (`settings`: `draw`'s)."""
     n, h, w, _ = images.shape
-    return apply(images, draw(n, h, w, rng, crop_padding=crop_padding, flip=flip, cutout=cutout))
+    return apply(images, draw(n, h, w, rng, **settings))
 
 
 def apply_on_device(images, d):
@@ -99,11 +119,11 @@ def apply_on_device(images, d):
 
     arrays = {k: np.asarray(v, "int32") for k, v in (("shift", d.shift), ("flipped", d.flipped), ("corner", d.corner)) if v is not None}
     if backend.backend() == "jax":
-        return _jitted(d.cutout)(images, **arrays)
-    return _on_device(images, cutout=d.cutout, **arrays)
+        return _jitted(d.cutout, d.reflect)(images, **arrays)
+    return _on_device(images, cutout=d.cutout, reflect=d.reflect, **arrays)
 
 
-def _on_device(images, *, shift=None, flipped=None, corner=None, cutout=0):
+def _on_device(images, *, shift=None, flipped=None, corner=None, cutout=0, reflect=False):
     from keras import ops
 
     n, h, w, c = images.shape
@@ -115,6 +135,8 @@ def _on_device(images, *, shift=None, flipped=None, corner=None, cutout=0):
     if shift is not None:
         shift = ops.convert_to_tensor(shift)
         src_rows, src_cols = rows + shift[0][:, None, None], src_cols + shift[1][:, None, None]
+        if reflect:
+            src_rows, src_cols = _reflected(src_rows, h, ops.where), _reflected(src_cols, w, ops.where)
     inside = (src_rows >= 0) & (src_rows < h) & (src_cols >= 0) & (src_cols < w)
     if corner is not None:
         corner = ops.convert_to_tensor(corner)
@@ -128,8 +150,8 @@ def _on_device(images, *, shift=None, flipped=None, corner=None, cutout=0):
 
 
 @functools.cache
-def _jitted(cutout):
-    """One jitted function per cutout size (JAX traces again per batch shape and set of draws given)."""
+def _jitted(cutout, reflect):
+    """One jitted function per cutout size and padding mode (JAX traces again per batch shape and set of draws given)."""
     import jax
 
-    return jax.jit(lambda images, **arrays: _on_device(images, cutout=cutout, **arrays))
+    return jax.jit(lambda images, **arrays: _on_device(images, cutout=cutout, reflect=reflect, **arrays))

@@ -462,7 +462,7 @@ class Batches(keras.utils.PyDataset):
         augmentation = dict(augmentation) if augmentation is not None else None
         self._flip_half = None  # alternate_flip: the images flipped in even epochs, fixed by the seed
         if augmentation:
-            augmentations.check(augmentation.get("crop_padding", 0), augmentation.get("cutout", 0))
+            augmentations.check(augmentation.get("crop_padding", 0), augmentation.get("cutout", 0), augmentation.get("padding_mode", "constant"))
             if augmentation.pop("alternate_flip", False):
                 if not augmentation.get("flip", True):
                     raise ValueError("alternate_flip decides which images are flipped in each epoch: it needs flip=True. Received: flip=False")

@@ -11,6 +11,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from zoo.augment import PADDING_MODES
 from zoo.files import shipped_folder
 
 RECIPES_DIR = shipped_folder("recipes")
@@ -41,6 +42,7 @@ SCHEMA = {
     },
     "augment": {
         "crop_padding": (int, 4),
+        "padding_mode": (str, "constant"),  # the crop's border: zeros, or the image mirrored (Page, airbench)
         "flip": (bool, True),
         "alternate_flip": (bool, False),  # airbench's derandomized flip: each image flipped in every other epoch
         "cutout": (int, 0),
@@ -85,6 +87,7 @@ SCHEMA = {
 
 CHOICES = {
     ("schedule", "name"): ("warmup_cosine", "warmup_linear", "constant"),
+    ("augment", "padding_mode"): PADDING_MODES,
     ("training", "precision"): ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
 }
 
