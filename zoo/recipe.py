@@ -76,6 +76,7 @@ SCHEMA = {
         "whitening_init": (bool, False),  # the first convolution starts as a whitening of the training patches (airbench)
         "dirac_init": (bool, False),  # every later convolution starts as the identity on its first channels (airbench)
         "batch_norm_momentum": (float, OPTIONAL),  # the batch norms' moving statistics keep this share a step (Keras: 0.99; airbench: 0.4)
+        "ghost_batch_size": (int, 0),  # > 0: batch norms normalize groups of this many images while training (Page: 32; 0: the whole batch)
     },
     "expected": {
         "test_accuracy": (float, OPTIONAL),
@@ -123,6 +124,7 @@ RANGES = {
     ("training", "label_smoothing"): ("in [0, 1)", lambda v: 0 <= v < 1),
     ("training", "seed"): (">= 0", lambda v: v >= 0),
     ("training", "batch_norm_momentum"): ("in [0, 1)", lambda v: 0 <= v < 1),
+    ("training", "ghost_batch_size"): ("0 (off) or >= 2", lambda v: v == 0 or v >= 2),
     ("expected", "test_accuracy"): ("in [0, 1]", lambda v: 0 <= v <= 1),
 }
 

@@ -17,6 +17,7 @@ from zoo import finetune
 from zoo.callbacks import AveragedWeights, BestCheckpoint, Lookahead, PeriodicBackup, RunState, StopOnNaN, StopWhenAsked
 from zoo.data import Batches, EpochSync, folder_class_names, load_dataset, one_hot
 from zoo.evaluation import evaluate, hardware, versions
+from zoo.ghost_batch_norm import use_ghost_batches
 from zoo.files import write_text_atomically
 from zoo.models import get_model
 from zoo.initialisation import dirac_convs, first_conv, whiten_first_conv
@@ -66,7 +67,8 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
 
 
 def build_model(recipe, input_shape, num_classes):
-    """The recipe's model, its batch norms with `training.batch_norm_momentum` where the recipe sets one."""
+    """The recipe's model, its batch norms with `training.batch_norm_momentum` where the recipe sets one, and
+    normalizing groups of `training.ghost_batch_size` images while training where it sets one."""
     options = {k: v for k, v in recipe["model"].items() if k not in ("name", "weights", "num_classes") and v is not None}
     if "fc_units" in options:
         options["fc_units"] = tuple(options["fc_units"])
@@ -75,6 +77,18 @@ def build_model(recipe, input_shape, num_classes):
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.momentum = recipe["training"]["batch_norm_momentum"]
+    ghost, batch = recipe["training"]["ghost_batch_size"], recipe["data"]["batch_size"]
+    if ghost:
+        if ghost >= batch:
+            raise ValueError(
+                f"training.ghost_batch_size must be below data.batch_size ({batch}), or 0 (off): a group as large as the batch is plain batch norm. "
+                f"Received: training.ghost_batch_size={ghost}"
+            )
+        if not use_ghost_batches(model, ghost, batch):
+            raise ValueError(
+                f"training.ghost_batch_size={ghost}: {recipe['model']['name']} has no batch norm to group (set model.batch_norm = true, or "
+                "training.ghost_batch_size = 0)."
+            )
     return model
 
 
