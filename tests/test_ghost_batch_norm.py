@@ -1,7 +1,6 @@
 """Ghost batch norm (`training.ghost_batch_size`): while training, each batch norm normalizes groups of
 images by the group's statistics; the saved model holds Keras' plain batch norms."""
 
-import importlib.util
 import types
 
 import numpy as np
@@ -11,7 +10,7 @@ import keras
 from zoo import recipe as recipes
 from zoo import training
 
-from test_portability import run_python
+from test_portability import run_in_backend, run_python
 
 # Groups of 4 in a batch of 10 (the step's batch is 12: a short last batch) against a plain batch norm
 # trained on each group alone, in the backend's own ops; the moving statistics follow the groups' mean,
@@ -47,9 +46,7 @@ print(keras.backend.backend())
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_each_group_is_normalized_by_its_own_statistics_in_every_backend(backend):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed: pip install -e '.[dev]'")
-    assert run_python(GROUPS_AGAINST_PLAIN, KERAS_BACKEND=backend).split() == [backend]
+    assert run_in_backend(GROUPS_AGAINST_PLAIN, backend).split() == [backend]
 
 
 @pytest.mark.parametrize("overrides, error, message", [

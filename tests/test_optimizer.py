@@ -3,7 +3,6 @@ the moving average of the weights (`optimizer.use_ema`) in validation, checkpoin
 airbench's lookahead (`optimizer.lookahead`) with its batch-norm momentum (`training.batch_norm_momentum`)."""
 
 import csv
-import importlib.util
 import json
 import types
 
@@ -17,7 +16,7 @@ from zoo import training
 from zoo.data import load_dataset, one_hot
 from zoo.optimizer import learning_rate, learning_rate_scales, make_optimizer
 
-from test_portability import run_python
+from test_portability import run_in_backend
 
 
 def schedule_values(overrides, steps_per_epoch=10):
@@ -189,9 +188,7 @@ print(keras.backend.backend())
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_lookahead_pulls_weights_and_statistics_to_a_slow_copy_on_its_schedule_in_every_backend(backend):
-    if importlib.util.find_spec(backend) is None:
-        pytest.skip(f"{backend} is not installed: pip install -e '.[dev]'")
-    assert run_python(LOOKAHEAD_AGAINST_BY_HAND, KERAS_BACKEND=backend).split() == [backend]
+    assert run_in_backend(LOOKAHEAD_AGAINST_BY_HAND, backend).split() == [backend]
 
 
 def test_lookahead_with_a_multi_worker_strategy_is_refused_before_any_work():

@@ -1,5 +1,6 @@
 """Saved models load without zoo; models build and run under the JAX backend."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -22,6 +23,13 @@ def run_python(code, **env):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def run_in_backend(code, backend, **env):
+    """`run_python` under Keras' `backend`; the test is skipped where that backend is not installed."""
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed: pip install -e '.[dev]'")
+    return run_python(code, KERAS_BACKEND=backend, **env)
 
 
 def test_keras_file_reloads_safely_without_zoo(tmp_path):

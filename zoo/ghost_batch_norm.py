@@ -9,6 +9,7 @@ set per group and averages them for inference: the same), so inference normalize
 
 import math
 
+import keras
 from keras import ops
 
 
@@ -17,13 +18,11 @@ def use_ghost_batches(model, size, batch_size):
 
     `batch_size` is the step's batch per replica: its images split into ceil(batch_size / size) groups in
     order (a smaller last batch into fewer, the last group shorter). Returns how many layers changed."""
-    import keras
-
     if not isinstance(size, int) or size < 2:
         raise ValueError(f"the ghost batch size must be a whole number >= 2. Received: size={size!r}")
     groups = math.ceil(batch_size / size)
     changed = 0
-    for layer in model._flatten_layers(include_self=False):
+    for layer in model.layers:
         if type(layer) is keras.layers.BatchNormalization and not layer.renorm and not layer.synchronized:
             layer.call = _ghost_call(layer, layer.call, size, groups)
             changed += 1
