@@ -17,8 +17,8 @@ from zoo import finetune
 from zoo.callbacks import AveragedWeights, BestCheckpoint, Lookahead, PeriodicBackup, RunState, StopOnNaN, StopWhenAsked
 from zoo.data import Batches, EpochSync, folder_class_names, load_dataset, one_hot
 from zoo.evaluation import evaluate, hardware, versions
-from zoo.ghost_batch_norm import use_ghost_batches
 from zoo.files import write_text_atomically
+from zoo.ghost_batch_norm import use_ghost_batches
 from zoo.models import get_model
 from zoo.initialisation import dirac_convs, first_conv, whiten_first_conv
 from zoo.optimizer import learning_rate_scales, make_optimizer
