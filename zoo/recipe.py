@@ -77,6 +77,7 @@ SCHEMA = {
         "dirac_init": (bool, False),  # every later convolution starts as the identity on its first channels (airbench)
         "batch_norm_momentum": (float, OPTIONAL),  # the batch norms' moving statistics keep this share a step (Keras: 0.99; airbench: 0.4)
         "ghost_batch_size": (int, 0),  # > 0: batch norms normalize groups of this many images while training (Page: 32; 0: the whole batch)
+        "freeze_batch_norm_scales": (bool, False),  # every batch norm's scale (gamma) stays 1 (airbench; Page's frozen scales)
     },
     "expected": {
         "test_accuracy": (float, OPTIONAL),

@@ -67,8 +67,9 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
 
 
 def build_model(recipe, input_shape, num_classes):
-    """The recipe's model, its batch norms with `training.batch_norm_momentum` where the recipe sets one, and
-    normalizing groups of `training.ghost_batch_size` images while training where it sets one."""
+    """The recipe's model, its batch norms with `training.batch_norm_momentum` where the recipe sets one,
+    normalizing groups of `training.ghost_batch_size` images while training where it sets one, and with their
+    scales frozen at 1 with `training.freeze_batch_norm_scales`."""
     options = {k: v for k, v in recipe["model"].items() if k not in ("name", "weights", "num_classes") and v is not None}
     if "fc_units" in options:
         options["fc_units"] = tuple(options["fc_units"])
@@ -89,7 +90,22 @@ def build_model(recipe, input_shape, num_classes):
                 f"training.ghost_batch_size={ghost}: {recipe['model']['name']} has no batch norm to group (set model.batch_norm = true, or "
                 "training.ghost_batch_size = 0)."
             )
+    if recipe["training"]["freeze_batch_norm_scales"] and not freeze_batch_norm_scales(model):
+        raise ValueError(
+            f"training.freeze_batch_norm_scales = true: {recipe['model']['name']} has no batch norm with a scale to freeze "
+            "(set model.batch_norm = true, or training.freeze_batch_norm_scales = false)."
+        )
     return model
+
+
+def freeze_batch_norm_scales(model):
+    """Keep every batch norm's scale (`gamma`, which starts at 1) out of training, as airbench and Page's "frozen
+    batch norm scales" do; returns how many. Setting a layer trainable makes its scale trainable again, so call
+    it after that. The saved layers stay plain `BatchNormalization`."""
+    scales = [layer.gamma for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) and layer.scale]
+    for gamma in scales:
+        gamma.trainable = False
+    return len(scales)
 
 
 def step_callbacks(recipe, steps_per_epoch):
@@ -262,11 +278,15 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         optimizer = make_optimizer(recipe, len(train_batches), scales)
         if start:  # its state holds every variable some phase trains: one layout for every backup
             finetune.freeze_backbone(model, False, batch_norm_frozen=tuning["batch_norm_frozen"])
+            if recipe["training"]["freeze_batch_norm_scales"]:
+                freeze_batch_norm_scales(model)
             optimizer.build(model.trainable_variables)
 
         def compile_for(frozen):
             if start:
                 finetune.freeze_backbone(model, frozen, batch_norm_frozen=tuning["batch_norm_frozen"])
+                if recipe["training"]["freeze_batch_norm_scales"]:
+                    freeze_batch_norm_scales(model)
             model.compile(
                 optimizer=optimizer,
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
