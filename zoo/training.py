@@ -276,17 +276,19 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         backbone = [v.path for v in finetune.backbone_variables(model)] if start else ()
         scales = learning_rate_scales(model, recipe["optimizer"]["batch_norm_bias_lr_scale"], backbone, tuning["backbone_lr_scale"])
         optimizer = make_optimizer(recipe, len(train_batches), scales)
-        if start:  # its state holds every variable some phase trains: one layout for every backup
-            finetune.freeze_backbone(model, False, batch_norm_frozen=tuning["batch_norm_frozen"])
+
+        def set_backbone(frozen):  # setting the layers trainable makes their batch norm scales trainable too
+            finetune.freeze_backbone(model, frozen, batch_norm_frozen=tuning["batch_norm_frozen"])
             if recipe["training"]["freeze_batch_norm_scales"]:
                 freeze_batch_norm_scales(model)
+
+        if start:  # its state holds every variable some phase trains: one layout for every backup
+            set_backbone(False)
             optimizer.build(model.trainable_variables)
 
         def compile_for(frozen):
             if start:
-                finetune.freeze_backbone(model, frozen, batch_norm_frozen=tuning["batch_norm_frozen"])
-                if recipe["training"]["freeze_batch_norm_scales"]:
-                    freeze_batch_norm_scales(model)
+                set_backbone(frozen)
             model.compile(
                 optimizer=optimizer,
                 loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=label_smoothing),
