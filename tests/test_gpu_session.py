@@ -137,8 +137,10 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
 @pytest.mark.slow
 @needs_torch
 def test_at_the_deadline_running_jobs_stop_and_what_they_saved_comes_back(packed, lease_env, tmp_path, monkeypatch, capsys):
+    # A minute: on a 2-core AVX2-only EPYC beside the other test process, zoo's job took 30 s to start and end
+    # its first epoch (the reference trains beside it), so half a minute stopped it before its first backup.
     out = session(
-        lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 0.5, "--smoke-images", 0,
+        lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--epochs", 5000, "--minutes", 1, "--smoke-images", 0,
         "--recipes", "lenet5_cifar10", "--references", "lenet5", "--limit", 400, "--backup-every", 2, "--set", "data.validation_size=100",
     )
     assert '"lenet5_cifar10": "stopped at the deadline after ' in out and '"reference_lenet5": "stopped at the deadline after ' in out
