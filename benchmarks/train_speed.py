@@ -36,6 +36,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
     """Images/s of zoo's training step for one recipe's model (`KERAS_BACKEND` picks the backend)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
+    os.environ.setdefault("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "1")  # as well
     import numpy as np
 
     import keras
