@@ -14,11 +14,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
-os.environ.setdefault("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "1")  # as well
 
 import keras
 
 import zoo
+from zoo import keras_input
 from zoo.data import Batches, load_dataset
 
 
@@ -47,9 +47,10 @@ def measure(name, split, batch_size, epochs, pipeline, threads=1):
     meter = Throughput(len(split))
     if pipeline:
         data = Batches(split, batch_size, augmentation={"crop_padding": 4, "flip": True}, threads=threads)
-        model.fit(data, shuffle=False, epochs=epochs, callbacks=[meter], verbose=0)  # as zoo.training does
+        model.fit(keras_input.batches_input(data), shuffle=False, epochs=epochs, callbacks=[meter], verbose=0)  # as zoo.training does
     else:
-        model.fit(split.images, split.labels, batch_size=batch_size, epochs=epochs, callbacks=[meter], verbose=0)
+        arrays, batch = keras_input.arrays_input((split.images, split.labels), batch_size)
+        model.fit(arrays, batch_size=batch, epochs=epochs, callbacks=[meter], verbose=0)
     return meter.images_per_second
 
 

@@ -36,10 +36,10 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
     """Images/s of zoo's training step for one recipe's model (`KERAS_BACKEND` picks the backend)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
-    os.environ.setdefault("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "1")  # as well
     import numpy as np
 
     import keras
+    from zoo import keras_input
     from zoo import recipe as recipes
     from zoo.data import Batches, Split, one_hot
     from zoo.optimizer import make_optimizer
@@ -61,10 +61,11 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
         on_device = has_accelerator() and keras.backend.backend() != "tensorflow"  # as zoo train's --augment-on auto
         data = Batches(split, batch, seed=0, augmentation=recipe["augment"], one_hot=10, on_device=on_device)
         callbacks = step_callbacks(recipe, steps)  # airbench's lookahead, where the recipe has it
-        fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0, callbacks=callbacks)  # noqa: E731 - as zoo.training does
+        data = data if on_device else keras_input.batches_input(data)  # as zoo.training does
+        fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0, callbacks=callbacks)  # noqa: E731
     else:
-        labels = one_hot(split.labels, 10)
-        fit = lambda: model.fit(split.images, labels, batch_size=batch, epochs=1, verbose=0)  # noqa: E731
+        arrays, keras_batch = keras_input.arrays_input((split.images, one_hot(split.labels, 10)), batch)
+        fit = lambda: model.fit(arrays, batch_size=keras_batch, epochs=1, verbose=0)  # noqa: E731
     fit()  # tracing, compilation, warm-up
     start = time.perf_counter()
     fit()
@@ -158,6 +159,7 @@ def torch_step(model_name, bf16, batch, steps, compiled=False):
 
 
 def _recipe_options(model_name):
+    from zoo import keras_input
     from zoo import recipe as recipes
 
     model = recipes.load(f"{model_name}_cifar10", _overrides())["model"]

@@ -7,7 +7,6 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # as the zoo command sets it
-os.environ.setdefault("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "1")  # as well
 # Decoded-image caches of this test session go to a temporary folder, never beside the data, removed when the
 # session ends (about 32 MB each). pytest-xdist's workers share the folder of the process that started them.
 OWN_CACHE_DIR = not ("PYTEST_XDIST_WORKER" in os.environ and "ZOO_CACHE_DIR" in os.environ)

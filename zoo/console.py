@@ -48,10 +48,6 @@ def import_keras_quietly():
     # TensorFlow turns its oneDNN CPU kernels on only for some CPUs; on the 2-core AMD EPYC this
     # project is developed on they train LeNet-5 2.7x faster. Set TF_ENABLE_ONEDNN_OPTS=0 to opt out.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    # oneDNN's parallel loops then run a share on the thread that calls them. Without it, an op that
-    # TensorFlow runs on one of its two pool threads hands both halves to the other, one after the
-    # other: VGG11-BN's step on 2 cores ran at half speed in about a third of its epochs.
-    os.environ.setdefault("TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD", "1")
     with startup_noise_filtered():
         import keras
 

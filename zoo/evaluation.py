@@ -8,6 +8,8 @@ import numpy as np
 
 import keras
 
+from zoo import keras_input
+
 
 def outputs_probabilities(model):
     """Whether the model ends in a softmax (else it outputs logits)."""
@@ -21,7 +23,8 @@ def probabilities(model, images, *, tta_flip=False, tta_shift=0, batch_size=256)
     training crops pad), the multi-view test-time augmentation of the fast-CIFAR work."""
 
     def run(batch):
-        outputs = np.asarray(model.predict(batch, batch_size=batch_size, verbose=0), "float64")
+        data, keras_batch = keras_input.arrays_input(batch, batch_size)
+        outputs = np.asarray(model.predict(data, batch_size=keras_batch, verbose=0), "float64")
         if outputs_probabilities(model):
             return outputs
         exp = np.exp(outputs - outputs.max(axis=1, keepdims=True))

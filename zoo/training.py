@@ -13,7 +13,7 @@ import tempfile
 
 import keras
 
-from zoo import finetune
+from zoo import finetune, keras_input
 from zoo.callbacks import AveragedWeights, BestCheckpoint, Lookahead, PeriodicBackup, RunState, StopOnNaN, StopWhenAsked
 from zoo.data import Batches, EpochSync, folder_class_names, load_dataset, one_hot
 from zoo.evaluation import evaluate, hardware, versions
@@ -342,6 +342,9 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
             return None
     else:
         callbacks.insert(0, EpochSync(train_batches))
+        train_input = train_batches if on_device else keras_input.batches_input(train_batches)
+        # Keras' default batch for arrays is 32: 8x the steps
+        validation_input, validation_batch = keras_input.arrays_input(validation, train_batches.batch_size) if validation else (None, None)
         for begin, end, frozen in phases:  # a frozen-backbone phase, then the whole network; or one phase
             if end <= initial_epoch or nan_guard.stopped:
                 continue
@@ -351,10 +354,10 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
             if dist.chief:
                 backup.delete_checkpoint = False  # kept between phases and until results.json is written (finish)
             model.fit(
-                train_batches,
+                train_input,
                 shuffle=False,  # Batches shuffles by (seed, epoch): Keras' own reshuffle would differ after a resume
-                validation_data=validation,
-                validation_batch_size=train_batches.batch_size,  # Keras' default for arrays is 32: 8x the steps
+                validation_data=validation_input,
+                validation_batch_size=validation_batch,
                 initial_epoch=max(begin, initial_epoch),
                 epochs=end,
                 callbacks=callbacks,

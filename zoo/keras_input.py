@@ -1,0 +1,60 @@
+"""What zoo hands Keras' `fit`, `evaluate` and `predict`: in-memory data, without tf.data's autotuning.
+
+Under TensorFlow, Keras turns tf.data's autotuning on for the pipelines it builds from arrays and
+`PyDataset`s. Its tuning thread sleeps for a period that doubles as the pipeline runs, and ending the
+pipeline (every epoch, every validation, every `predict`) now and then waits for that thread's next
+wake-up with every core idle: on 2-core EPYCs a VGG11-BN epoch then took twice its time (TF 2.21,
+Keras 3.15). The same batches in the same order, through a tf.data pipeline with autotuning off,
+never did. Other backends get the data unchanged.
+"""
+
+import keras
+
+PREFETCH = 1  # batches prepared while a step runs (Batches' own `threads` prepare more ahead)
+
+
+def uses_tf_data():
+    return keras.backend.backend() == "tensorflow"
+
+
+def batches_input(batches):
+    """`batches` (a `zoo.data.Batches` of host arrays; an epoch is its batches in order) as Keras should read it.
+
+    Under TensorFlow, a generator pipeline that reads `batches[0]`, `batches[1]`, ... each time Keras
+    starts an epoch (after `on_epoch_begin`, where `EpochSync` pins the epoch), as Keras' own adapter does."""
+    if not uses_tf_data():
+        return batches
+    import tensorflow as tf
+
+    images, labels = batches[0]
+    signature = (
+        tf.TensorSpec((None, *images.shape[1:]), tf.as_dtype(images.dtype)),
+        tf.TensorSpec((None, *labels.shape[1:]), tf.as_dtype(labels.dtype)),
+    )
+
+    def epoch():
+        for index in range(len(batches)):
+            yield batches[index]
+
+    dataset = tf.data.Dataset.from_generator(epoch, output_signature=signature)
+    return _without_autotuning(dataset.apply(tf.data.experimental.assert_cardinality(len(batches))))  # Keras' steps per epoch
+
+
+def arrays_input(arrays, batch_size):
+    """In-memory `arrays` (images, or a tuple of images and labels) in batches of `batch_size`, in order.
+
+    Returns (data, batch_size to pass Keras): a tf.data pipeline and None under TensorFlow, else the
+    arrays and `batch_size`."""
+    if not uses_tf_data():
+        return arrays, batch_size
+    import tensorflow as tf
+
+    return _without_autotuning(tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)), None
+
+
+def _without_autotuning(dataset):
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCH).with_options(options)
