@@ -159,7 +159,6 @@ def torch_step(model_name, bf16, batch, steps, compiled=False):
 
 
 def _recipe_options(model_name):
-    from zoo import keras_input
     from zoo import recipe as recipes
 
     model = recipes.load(f"{model_name}_cifar10", _overrides())["model"]

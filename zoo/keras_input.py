@@ -14,6 +14,7 @@ PREFETCH = 1  # batches prepared while a step runs (Batches' own `threads` prepa
 
 
 def uses_tf_data():
+    """Whether Keras reads data through tf.data here (the TensorFlow backend)."""
     return keras.backend.backend() == "tensorflow"
 
 
