@@ -65,7 +65,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
         fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0, callbacks=callbacks)  # noqa: E731
     else:
         arrays, keras_batch = keras_input.arrays_input((split.images, one_hot(split.labels, 10)), batch)
-        fit = lambda: model.fit(arrays, batch_size=keras_batch, epochs=1, verbose=0)  # noqa: E731
+        fit = lambda: model.fit(arrays, batch_size=keras_batch, shuffle=False, epochs=1, verbose=0)  # noqa: E731
     fit()  # tracing, compilation, warm-up
     start = time.perf_counter()
     fit()
