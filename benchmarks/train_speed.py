@@ -61,7 +61,7 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
         on_device = has_accelerator() and keras.backend.backend() != "tensorflow"  # as zoo train's --augment-on auto
         data = Batches(split, batch, seed=0, augmentation=recipe["augment"], one_hot=10, on_device=on_device)
         callbacks = step_callbacks(recipe, steps)  # airbench's lookahead, where the recipe has it
-        data = data if on_device else keras_input.batches_input(data)  # as zoo.training does
+        data = keras_input.batches_input(data)  # as zoo.training does
         fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0, callbacks=callbacks)  # noqa: E731
     else:
         arrays, keras_batch = keras_input.arrays_input((split.images, one_hot(split.labels, 10)), batch)

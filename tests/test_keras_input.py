@@ -21,6 +21,8 @@ def test_every_pipeline_handed_to_keras_has_autotuning_off():
     validation, batch = keras_input.arrays_input(VALIDATION, 32)
     assert batch is None and not train.options().autotune.enabled and not validation.options().autotune.enabled
     assert int(train.cardinality()) == len(batches) == 4 and int(validation.cardinality()) == 3  # Keras knows the steps
+    on_device = Batches(SPLIT, 64, one_hot=10, on_device=True)  # zoo train --augment-on device: tensors already
+    assert on_device.on_device and keras_input.batches_input(on_device) is on_device
 
 
 def _train(through_keras_input, monkeypatch):

@@ -473,6 +473,11 @@ class Batches(keras.utils.PyDataset):
         self._pool, self._ahead = None, {}  # threads, and (epoch, index) -> future, once used
         self.set_epoch(epoch)
 
+    @property
+    def on_device(self):
+        """Whether batches are gathered and augmented on the backend's device (device tensors)."""
+        return self._device_images is not None
+
     def set_epoch(self, epoch):
         self.epoch = epoch
         self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.split))

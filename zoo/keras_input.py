@@ -19,11 +19,11 @@ def uses_tf_data():
 
 
 def batches_input(batches):
-    """`batches` (a `zoo.data.Batches` of host arrays; an epoch is its batches in order) as Keras should read it.
+    """`batches` (a `zoo.data.Batches`; an epoch is its batches in order) as Keras should read it.
 
-    Under TensorFlow, a generator pipeline that reads `batches[0]`, `batches[1]`, ... each time Keras
+    Under TensorFlow and for host arrays, a generator pipeline that reads `batches[0]`, `batches[1]`, ... each time Keras
     starts an epoch (after `on_epoch_begin`, where `EpochSync` pins the epoch), as Keras' own adapter does."""
-    if not uses_tf_data():
+    if not uses_tf_data() or batches.on_device:  # device batches are tensors already
         return batches
     import tensorflow as tf
 

@@ -342,7 +342,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
             return None
     else:
         callbacks.insert(0, EpochSync(train_batches))
-        train_input = train_batches if on_device else keras_input.batches_input(train_batches)
+        train_input = keras_input.batches_input(train_batches)
         # Keras' default batch for arrays is 32: 8x the steps
         validation_input, validation_batch = keras_input.arrays_input(validation, train_batches.batch_size) if validation else (None, None)
         for begin, end, frozen in phases:  # a frozen-backbone phase, then the whole network; or one phase
