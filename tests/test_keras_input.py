@@ -49,3 +49,28 @@ def test_training_and_predictions_are_the_same_as_through_keras_own_adapters(mon
     mirrored = probabilities(ours, SPLIT.images, tta_flip=True, batch_size=64)
     monkeypatch.setattr(keras_input, "uses_tf_data", lambda: True)
     assert np.array_equal(probabilities(ours, SPLIT.images, tta_flip=True, batch_size=64), mirrored)
+
+
+def test_whitening_and_feature_maps_read_through_the_same_pipelines(monkeypatch):
+    """zoo's other `predict` calls (the whitened first convolution, `zoo viz`'s feature maps) hand Keras a
+    pipeline without autotuning too, and get the same numbers as through Keras' own adapter."""
+    import tensorflow as tf
+
+    from zoo.initialisation import first_conv, whiten_first_conv
+    from zoo.viz import feature_maps
+
+    handed = []
+    predict = keras.Model.predict
+    monkeypatch.setattr(keras.Model, "predict", lambda self, x, **kw: handed.append(x) or predict(self, x, **kw))
+    model = lenet5(num_classes=10)
+
+    def run(through_keras_input):
+        monkeypatch.setattr(keras_input, "uses_tf_data", lambda: through_keras_input)
+        whiten_first_conv(model, SPLIT.images, seed=0, sample=150)
+        return keras.ops.convert_to_numpy(first_conv(model).kernel), feature_maps(model, SPLIT.images[0])
+
+    (kernel, maps), (keras_kernel, keras_maps) = run(True), run(False)
+    assert [isinstance(x, tf.data.Dataset) for x in handed] == [True, True, False, False]
+    assert not any(x.options().autotune.enabled for x in handed[:2])
+    assert np.array_equal(kernel, keras_kernel)
+    assert [name for name, _ in maps] == [name for name, _ in keras_maps] and all(np.array_equal(a, b) for (_, a), (_, b) in zip(maps, keras_maps))

@@ -14,6 +14,8 @@ import numpy as np
 
 import keras
 
+from zoo import keras_input
+
 SAMPLE_IMAGES = 5000
 EPSILON = 5e-4  # times the mean variance, added to each eigenvalue: bounds the gain of the directions the patches barely vary in
 
@@ -61,7 +63,8 @@ def whiten_first_conv(model, images, seed, sample=SAMPLE_IMAGES):
     `sample` of `images` (uint8, as the model takes them; chosen by `seed`). Returns how many filters."""
     conv = first_conv(model)
     pick = np.sort(np.random.default_rng([seed, 3]).choice(len(images), min(sample, len(images)), replace=False))
-    seen = keras.Model(model.inputs, conv.input).predict(images[pick], batch_size=256, verbose=0)  # after preprocessing
+    data, batch_size = keras_input.arrays_input(images[pick], 256)
+    seen = keras.Model(model.inputs, conv.input).predict(data, batch_size=batch_size, verbose=0)  # after preprocessing
     kernel = keras.ops.convert_to_numpy(conv.kernel).astype(np.float32)
     white = whitening_filters(patch_covariance(np.asarray(seen, np.float32), conv.kernel_size), kernel.shape)
     kernel[..., : white.shape[-1]] = white

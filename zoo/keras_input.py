@@ -5,7 +5,9 @@ Under TensorFlow, Keras turns tf.data's autotuning on for the pipelines it build
 pipeline (every epoch, every validation, every `predict`) now and then waits for that thread's next
 wake-up with every core idle: on 2-core EPYCs a VGG11-BN epoch then took twice its time (TF 2.21,
 Keras 3.15). The same batches in the same order, through a tf.data pipeline with autotuning off,
-never did. Other backends get the data unchanged.
+never did. Every `fit` and `predict` of zoo reads through here (training, validation, evaluation, the
+whitened first convolution, `zoo viz`); the multi-worker loop feeds its steps tensors without tf.data.
+Other backends get the data unchanged.
 """
 
 import keras

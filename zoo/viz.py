@@ -18,6 +18,7 @@ import numpy as np
 
 import keras
 
+from zoo import keras_input
 from zoo.data import read_image
 from zoo.files import check_output_folder, staged_folder
 from zoo.plots import pyplot
@@ -68,7 +69,8 @@ def feature_maps(model, image, layer_names=None):
     """`[(layer name, activations [H, W, C])]` of one raw 0-255 image, after every conv-pool block."""
     names = block_layers(model, layer_names)
     probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
-    outputs = probe.predict(_batch(model, image), verbose=0)
+    data, batch_size = keras_input.arrays_input(_batch(model, image), 1)
+    outputs = probe.predict(data, batch_size=batch_size, verbose=0)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     return [(name, np.asarray(out[0], "float32")) for name, out in zip(names, outputs)]
 
