@@ -49,8 +49,7 @@ def measure(name, split, batch_size, epochs, pipeline, threads=1):
         data = Batches(split, batch_size, augmentation={"crop_padding": 4, "flip": True}, threads=threads)
         model.fit(keras_input.batches_input(data), shuffle=False, epochs=epochs, callbacks=[meter], verbose=0)  # as zoo.training does
     else:
-        arrays, batch = keras_input.arrays_input((split.images, split.labels), batch_size)
-        model.fit(arrays, batch_size=batch, shuffle=False, epochs=epochs, callbacks=[meter], verbose=0)
+        model.fit(**keras_input.fit_arrays(split.images, split.labels, batch_size), shuffle=False, epochs=epochs, callbacks=[meter], verbose=0)
     return meter.images_per_second
 
 

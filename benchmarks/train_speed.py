@@ -64,8 +64,8 @@ def zoo_step(model_name, precision, batch, steps, pipeline, jit_compile="auto"):
         data = keras_input.batches_input(data)  # as zoo.training does
         fit = lambda: model.fit(data, shuffle=False, epochs=1, verbose=0, callbacks=callbacks)  # noqa: E731
     else:
-        arrays, keras_batch = keras_input.arrays_input((split.images, one_hot(split.labels, 10)), batch)
-        fit = lambda: model.fit(arrays, batch_size=keras_batch, shuffle=False, epochs=1, verbose=0)  # noqa: E731
+        arrays = keras_input.fit_arrays(split.images, one_hot(split.labels, 10), batch)
+        fit = lambda: model.fit(**arrays, shuffle=False, epochs=1, verbose=0)  # noqa: E731
     fit()  # tracing, compilation, warm-up
     start = time.perf_counter()
     fit()

@@ -313,6 +313,23 @@ def test_train_speed_measures_the_zoo_train_path_with_a_recipe_option_beside_it(
     assert train_speed._overrides() == ["optimizer.use_ema=true"]  # what the worker's recipe gets
 
 
+@pytest.mark.parametrize("tf_data", [True, False], ids=["tensorflow", "other backends"])
+def test_the_benchmarks_in_memory_steps_run_whatever_keras_reads(tf_data, monkeypatch):
+    """train_speed's Keras step and input_pipeline's in-memory fit, through a tf.data pipeline (TensorFlow) or as
+    arrays (JAX, torch: the GPU session's `--backends jax`)."""
+    import input_pipeline
+    import train_speed
+    from zoo import keras_input
+    from zoo.data import Split
+
+    monkeypatch.setattr(keras_input, "uses_tf_data", lambda: tf_data)
+    monkeypatch.setenv("ZOO_BENCH_SET", "[]")
+    assert train_speed.zoo_step("lenet5", "float32", batch=8, steps=3, pipeline=False)["images_per_second"] > 0
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (48, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 48).astype("int32"))
+    assert input_pipeline.measure("lenet5", split, 16, 2, pipeline=False) > 0
+
+
 def test_train_speed_with_lookahead_times_its_pulls_too(monkeypatch):
     """`--with optimizer.lookahead=true` times the step with the callback that pulls every 5 steps, as `zoo train` runs it."""
     import train_speed

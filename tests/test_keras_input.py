@@ -51,6 +51,21 @@ def test_training_and_predictions_are_the_same_as_through_keras_own_adapters(mon
     assert np.array_equal(probabilities(ours, SPLIT.images, tta_flip=True, batch_size=64), mirrored)
 
 
+def test_in_memory_fits_train_the_same_through_either_path(monkeypatch):
+    """`fit_arrays`: a tf.data pipeline under TensorFlow, the arrays and batch size elsewhere; the same weights."""
+    weights = []
+    for through_keras_input in (True, False):
+        monkeypatch.setattr(keras_input, "uses_tf_data", lambda: through_keras_input)
+        keras.utils.set_random_seed(0)
+        model = lenet5(num_classes=10)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+        arguments = keras_input.fit_arrays(*VALIDATION, 32)
+        assert (arguments["batch_size"] is None) == through_keras_input and ("y" in arguments) != through_keras_input
+        model.fit(**arguments, shuffle=False, epochs=1, verbose=0)
+        weights.append(model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
 def test_whitening_and_feature_maps_read_through_the_same_pipelines(monkeypatch):
     """zoo's other `predict` calls (the whitened first convolution, `zoo viz`'s feature maps) hand Keras a
     pipeline without autotuning too, and get the same numbers as through Keras' own adapter."""

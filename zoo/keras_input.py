@@ -55,6 +55,15 @@ def arrays_input(arrays, batch_size):
     return _without_autotuning(tf.data.Dataset.from_tensor_slices(arrays).batch(batch_size)), None
 
 
+def fit_arrays(images, labels, batch_size):
+    """`fit`'s keyword arguments for in-memory `images` and `labels` in batches of `batch_size`, in order:
+    `model.fit(**fit_arrays(images, labels, 128), shuffle=False)`, whatever the backend."""
+    data, keras_batch = arrays_input((images, labels), batch_size)
+    if keras_batch is None:  # a tf.data pipeline of (images, labels) batches
+        return {"x": data, "batch_size": None}
+    return {"x": images, "y": labels, "batch_size": batch_size}
+
+
 def _without_autotuning(dataset):
     import tensorflow as tf
 
