@@ -47,7 +47,8 @@ def arrays_input(arrays, batch_size):
     """In-memory `arrays` (images, or a tuple of images and labels) in batches of `batch_size`, in order.
 
     Returns (data, batch_size to pass Keras): a tf.data pipeline and None under TensorFlow, else the
-    arrays and `batch_size`."""
+    arrays and `batch_size`: for `predict`'s `x` or `fit`'s `validation_data` (for `fit`'s own `x` and `y`:
+    `fit_arrays`)."""
     if not uses_tf_data():
         return arrays, batch_size
     import tensorflow as tf
