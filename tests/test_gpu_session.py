@@ -316,7 +316,7 @@ def test_train_speed_measures_the_zoo_train_path_with_a_recipe_option_beside_it(
 @pytest.mark.parametrize("tf_data", [True, False], ids=["tensorflow", "other backends"])
 def test_the_benchmarks_in_memory_steps_run_whatever_keras_reads(tf_data, monkeypatch):
     """train_speed's Keras step and input_pipeline's in-memory fit, through a tf.data pipeline (TensorFlow) or as
-    arrays (JAX, torch: the GPU session's `--backends jax`)."""
+    arrays (JAX, torch: `train_speed.py --backends jax torch`)."""
     import input_pipeline
     import train_speed
     from zoo import keras_input
