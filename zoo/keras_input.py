@@ -59,10 +59,9 @@ def arrays_input(arrays, batch_size):
 def fit_arrays(images, labels, batch_size):
     """`fit`'s keyword arguments for in-memory `images` and `labels` in batches of `batch_size`, in order:
     `model.fit(**fit_arrays(images, labels, 128), shuffle=False)`, whatever the backend."""
-    data, keras_batch = arrays_input((images, labels), batch_size)
-    if keras_batch is None:  # a tf.data pipeline of (images, labels) batches
-        return {"x": data, "batch_size": None}
-    return {"x": images, "y": labels, "batch_size": batch_size}
+    if not uses_tf_data():
+        return {"x": images, "y": labels, "batch_size": batch_size}
+    return {"x": arrays_input((images, labels), batch_size)[0], "batch_size": None}  # batches of (images, labels)
 
 
 def _without_autotuning(dataset):
