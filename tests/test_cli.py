@@ -123,16 +123,19 @@ def test_counts_must_be_positive_whole_numbers(args, option, capsys):
     assert f"{option}: expected a whole number >= 1. Received: '{args[-1]}'" in capsys.readouterr().err
 
 
-def test_the_files_and_recipes_readme_commands_name_exist(cifar10_dir):
-    """A newcomer copies the README's commands: every image, recipe and data folder they name must
-    exist (or be made by an earlier command of the README, such as `cp`)."""
+@pytest.mark.parametrize("page", ["README.md", "docs/accuracy-per-epoch.md"])
+def test_the_files_and_recipes_readme_commands_name_exist(cifar10_dir, page):
+    """A newcomer copies the README's (and docs') commands: every image, recipe and data folder they name
+    must exist (or be made by an earlier command of the page, such as `cp`)."""
     import shlex
 
     from conftest import ROOT
     from zoo import recipe as recipes
 
     made = set()
-    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / page).read_text(), re.S)
+    assert blocks, f"{page} has no commands"
+    for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line.split(" #")[0])
             if words[:1] == ["cp"]:
@@ -141,7 +144,7 @@ def test_the_files_and_recipes_readme_commands_name_exist(cifar10_dir):
                 recipes.locate(words[2])  # a shipped recipe
             for word in words:
                 if word.endswith((".jpg", ".png", ".toml")) or word.startswith("../shared/"):
-                    assert word in made or (ROOT / word).exists(), f"README names {word}, which does not exist"
+                    assert word in made or (ROOT / word).exists(), f"{page} names {word}, which does not exist"
 
 
 def test_version_and_the_shipped_recipes_are_one_command_away(capsys):
