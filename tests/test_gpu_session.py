@@ -96,6 +96,8 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
         lease_env, "run", "--out", tmp_path / "out", "--pack", packed, "--work", tmp_path / "work", "--minutes", 4, "--max-epochs", 2, "--min-epochs", 1,
         "--recipes", "lenet5_cifar10", "--references", "lenet5", "--limit", 300, "--smoke-images", 256,
         "--set", "data.validation_size=100", "--set", "training.tta_flip=false", *LEASE_OPTIONS,
+        # The step timing after the trainings, as `--speed` runs it on the lease (there vgg16_bn and torch.compile too).
+        "--speed", "--speed-models", "lenet5", "--speed-only", "zoo train", "--speed-batch", 32, "--speed-steps", 3,
     )
     assert "smoke pass (256 images, 1 epoch, 2 jobs at once): all passed" in out
     assert re.search(r"probe \(2 jobs at once, full data, \d+ s\): seconds per epoch lenet5_cifar10 [\d.]+, reference_lenet5 [\d.]+", out)
@@ -108,6 +110,9 @@ def test_a_session_trains_zoo_and_the_reference_and_its_runs_come_back_for_zoo_e
     out = capsys.readouterr().out
     run = tmp_path / "runs" / "lenet5_cifar10"
     assert f"{run}: model.keras from its float16 weights (62,094 params)" in out
+    speed = json.loads((tmp_path / "runs" / "speed.json").read_text())["models"]["lenet5"]["details"]
+    assert [(label, s["backend"]) for label, s in speed.items()] == [("zoo train (recipe, augmentation) Keras/jax", "jax")]
+    assert next(iter(speed.values()))["images_per_second"] > 0 and '"speed": "speed.json"' in out
     assert all(line in (run / "recipe.toml").read_text() for line in ("whitening_init = true", "dirac_init = true", "cutout = 8"))
     assert "earlier call" not in (run / "results.json").read_text() and len(list((tmp_path / "work").glob("call-*"))) == 2
     assert not (run / "backup").exists() and not list((tmp_path / "runs").glob(".*"))
