@@ -157,6 +157,14 @@ def test_models_without_released_weights_say_which_have_them():
         vgg16_bn(weights="missing/w.weights.h5")  # a path, not a tag
 
 
+def test_imagenet_weights_say_how_to_take_them_from_keras_applications():
+    with pytest.raises(ValueError, match=r"No released weights 'imagenet' for 'vgg19'.*zoo's paper-sized vgg19 is its VGG19 layer for layer: "
+                       r"model = vgg19\(input_shape=\(224, 224, 3\), num_classes=1000.*keras\.applications\.VGG19\(weights=\"imagenet\"\)"):
+        get_model("vgg19", weights="imagenet")
+    with pytest.raises(ValueError, match=r"'vgg11_bn'.*zoo releases no ImageNet weights; keras.applications has them for VGG16 and VGG19 only"):
+        get_model("vgg11_bn", weights="imagenet")
+
+
 def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "saved_models" / "lenet5_cifar10", tmp_path / "lenet5_cifar10")
     monkeypatch.setenv("ZOO_SAVED_MODELS", str(tmp_path))

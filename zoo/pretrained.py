@@ -58,10 +58,26 @@ def card(model, tag):
             f"No released weights {tag!r} for '{model}'. "
             + (f"Its released weights: {', '.join(tags)}. " if tags else "")
             + (f"Models with {tag!r} weights: {', '.join(having)}. " if having else f"No model has {tag!r} weights in {saved_models_dir()}. ")
+            + _imagenet_hint(model, tag)
             + "Pass weights=None for a random initialisation, or the path of a weights file. "
             f"Received: weights={tag!r}"
         )
     return all_cards[(model, tag)]
+
+
+def _imagenet_hint(model, tag):
+    """What a keras.applications user asking for `weights="imagenet"` can do instead."""
+    if tag != "imagenet":
+        return ""
+    if model not in ("vgg16", "vgg19"):
+        return "zoo releases no ImageNet weights; keras.applications has them for VGG16 and VGG19 only. "
+    app = model.upper()
+    return (
+        f"keras.applications has them, and zoo's paper-sized {model} is its {app} layer for layer: "
+        f"model = {model}(input_shape=(224, 224, 3), num_classes=1000, fc_units=(4096, 4096), include_preprocessing=False, "
+        f'classifier_activation="softmax"); model.set_weights(keras.applications.{app}(weights="imagenet").get_weights()); '
+        f"feed it keras.applications.{model}.preprocess_input(images). "
+    )
 
 
 def weights_file(card):
