@@ -133,7 +133,7 @@ def test_imagenet_configuration_matches_published_parameter_counts(name, imagene
         assert macs == 15_470_264_320  # torchvision: 15.47 GFLOPS (multiply-adds)
 
 
-def test_keras_applications_vgg16_weights_transfer():
+def test_keras_applications_vgg16_and_vgg19_weights_transfer():
     assert in_a_fresh_process("""
         import gc
         import json
@@ -157,6 +157,17 @@ def test_keras_applications_vgg16_weights_transfer():
         del reference
         gc.collect()
         np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x, training=False)), expected, rtol=1e-5, atol=1e-7)
+        del model
+        gc.collect()
+        # VGG19 the same way, by its variables' names and shapes (what `weights="imagenet"`'s error promises).
+        reference = keras.applications.VGG19(weights=None)
+        model = zoo.vgg19(
+            input_shape=(224, 224, 3), num_classes=1000, fc_units=(4096, 4096), classifier_activation="softmax",
+            include_preprocessing=False,
+        )
+        assert model.count_params() == reference.count_params() == 143_667_240
+        shapes = lambda m: [(l.name, [tuple(w.shape) for w in l.weights]) for l in m.layers if l.weights]
+        assert shapes(model) == shapes(reference)
         print(json.dumps("same outputs"))
     """) == "same outputs"
 
