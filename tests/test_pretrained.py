@@ -310,6 +310,7 @@ def test_data_with_other_classes_than_the_model_is_refused(cifar10_dir, tmp_path
         (["eval", "nope.keras"], "No such model file or run folder: nope.keras"),
         (["eval", "."], ". is a folder without model.keras, not a run folder"),
         (["predict", "lenet6", "x.png"], "Unknown model name. Did you mean: lenet5?"),
+        (["eval", "lenet5:cifar10"], "'lenet5:cifar10' is not a model name: commands take the weights apart, as `lenet5 --weights cifar10`."),
         (["export", "vgg16", "--weights", "cifar10", "--out", "x"], "No released weights 'cifar10' for 'vgg16'"),
         (["eval", str(ROOT / "saved_models" / "lenet5_cifar10" / "model_int8.tflite"), "--weights", "cifar10"], "`weights` applies to a model name"),
     ],

@@ -32,6 +32,9 @@ def load_model(source, weights=None):
         raise FileNotFoundError(f"{source} is a folder without model.keras, not a run folder")
     if path.suffix or len(path.parts) > 1:  # model names have neither
         raise FileNotFoundError(f"No such model file or run folder: {source}")
+    name, colon, tag = source.partition(":")
+    if colon and not weights:  # benchmarks/paired.py's NAME:TAG
+        raise ValueError(f"'{source}' is not a model name: commands take the weights apart, as `{name} --weights {tag}`.")
     info = model_info(source)  # a registered name, else an error listing them
     if not weights:
         released = ", ".join(info.weights)
