@@ -1,6 +1,8 @@
 """Image-folder and tfds sources, the validation split, augmentation and batching."""
 
+import errno
 import os
+import pathlib
 import shutil
 
 import numpy as np
@@ -45,6 +47,28 @@ def test_decoded_folders_are_cached_outside_the_data(small_cifar10, monkeypatch,
     again = load_dataset(data_dir=small_cifar10, validation_size=100)
     np.testing.assert_array_equal(first.train.images, again.train.images)
     assert not list(small_cifar10.rglob("*.npz"))
+
+
+def test_a_cache_that_cannot_be_written_is_said_in_one_warning_and_the_images_still_load(small_cifar10, monkeypatch, tmp_path, capsys):
+    """The cache saves decoding time, nothing more: a full disk or an unusable cache folder must not stop a run."""
+    expected = data.load_image_folder_split(small_cifar10, "test", (32, 32))[0]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(blocker / "cache"))  # mkdir fails, for root too
+    split, _ = data.load_image_folder_split(small_cifar10, "test", (32, 32))
+    np.testing.assert_array_equal(split.images, expected.images)
+    assert f"warning: could not cache the decoded images of {small_cifar10 / 'test'} in {blocker / 'cache'} (Not a directory): going on without it" in capsys.readouterr().err
+
+    def fill_the_disk(path, **arrays):  # part of the file written, then the disk is full
+        pathlib.Path(path).write_bytes(b"PK" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "_save_npz", fill_the_disk)
+    split, _ = data.load_image_folder_split(small_cifar10, "test", (32, 32))
+    np.testing.assert_array_equal(split.images, expected.images)
+    assert "(no space left on the device): going on without it, decoding again next time" in capsys.readouterr().err
+    assert not list((tmp_path / "cache").iterdir())  # no part of a cache file left to be read later
 
 
 def make_tree(root, train=("a", "b"), test=("a", "b"), images=2):

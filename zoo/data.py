@@ -22,7 +22,7 @@ import keras
 
 from zoo import augment as augmentations
 from zoo import idx
-from zoo.files import write_atomically
+from zoo.files import DiskFull, write_atomically
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 COLOR_MODES = {1: "grayscale", 3: "rgb", 4: "rgba"}
@@ -326,7 +326,12 @@ def _load_split(folder, class_names, image_size, channels):
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         images = np.stack(list(pool.map(lambda f: _decode(f, image_size, channels), files, chunksize=256)))
     split = Split(images, np.asarray(labels, "int32"))
-    write_atomically(cached, lambda tmp: _save_npz(tmp, images=split.images, labels=split.labels))
+    try:
+        write_atomically(cached, lambda tmp: _save_npz(tmp, images=split.images, labels=split.labels))
+    except OSError as e:  # only a cache: the decoded arrays are in hand, and write_atomically left no part behind
+        why = "no space left on the device" if isinstance(e, DiskFull) else e.strerror or type(e).__name__
+        print(f"warning: could not cache the decoded images of {folder} in {cached.parent} ({why}): going on without it, "
+              "decoding again next time (ZOO_CACHE_DIR sets another folder)", file=sys.stderr, flush=True)
     return split
 
 
