@@ -297,6 +297,30 @@ def test_a_run_resumes_after_its_data_moved_or_its_notes_changed_but_not_with_ot
     assert recipes.load(run_dir / "recipe.toml")["data"]["data_dir"] == "/new/place"
 
 
+def test_a_damaged_backup_or_state_file_is_named_and_nothing_is_lost(tmp_path, capsys):
+    """The run folder's bookkeeping cut short (a disk that failed, a hand edit): a damaged backup is named before
+    any work and kept; a damaged state.json costs only the time it counted."""
+    from zoo.callbacks import RunState
+    from zoo.run_folder import RunFolderError, prepare_run_folder
+
+    run_dir = tmp_path / "run"
+    recipe = recipes.load("lenet5_cifar10")
+    prepare_run_folder(run_dir, recipe)
+    (run_dir / "backup").mkdir()
+    (run_dir / "backup" / "training_metadata.json").write_text('{"epo')
+    with pytest.raises(RunFolderError, match=r"The backup in .*backup is damaged \(training_metadata.json holds no epoch\): the run cannot resume"):
+        prepare_run_folder(run_dir, recipe)
+    assert (run_dir / "backup" / "training_metadata.json").read_text() == '{"epo'
+
+    (run_dir / "state.json").write_text("")
+    state = RunState(run_dir / "state.json", initial_epoch=3, epochs=5)
+    assert f"warning: {run_dir / 'state.json'} is damaged (not JSON): the training time and resumes before epoch 4 are not known" in capsys.readouterr().err
+    assert state.state == {"train_seconds": 0.0, "resumed_from_epoch": [3]}
+    state.on_epoch_begin(3)
+    state.on_epoch_end(3, {"loss": 1.0})
+    assert json.loads((run_dir / "state.json").read_text())["epoch"] == 4
+
+
 @pytest.mark.parametrize(
     "override, message",
     [

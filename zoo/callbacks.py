@@ -3,6 +3,7 @@
 import json
 import math
 import pathlib
+import sys
 import time
 
 import keras
@@ -164,7 +165,13 @@ class RunState(keras.callbacks.Callback):
     def __init__(self, path, initial_epoch, epochs):
         super().__init__()
         self.path, self.epochs = pathlib.Path(path), epochs
-        self.state = json.loads(self.path.read_text()) if self.path.exists() else {"train_seconds": 0.0, "resumed_from_epoch": []}
+        self.state = {"train_seconds": 0.0, "resumed_from_epoch": []}
+        if self.path.exists():
+            try:
+                self.state = {**self.state, **json.loads(self.path.read_text())}
+            except (ValueError, TypeError):  # bookkeeping only: the weights and the resume point are in the backup
+                print(f"warning: {self.path} is damaged (not JSON): the training time and resumes before epoch {initial_epoch + 1} "
+                      "are not known, so results.json will count from here", file=sys.stderr, flush=True)
         if initial_epoch:
             self.state["resumed_from_epoch"].append(initial_epoch)
 

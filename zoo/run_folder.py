@@ -52,7 +52,13 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.toml").write_text(recipe_text)
     metadata = run_dir / BACKUP / "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
-    epoch = json.loads(metadata.read_text())["epoch"] if metadata.exists() else 0
+    try:
+        epoch = int(json.loads(metadata.read_text())["epoch"]) if metadata.exists() else 0
+    except (ValueError, KeyError, TypeError):
+        raise RunFolderError(
+            f"The backup in {run_dir / BACKUP} is damaged ({metadata.name} holds no epoch): the run cannot resume from it. "
+            "Use another --out to start afresh (this folder keeps its best checkpoint so far), or --overwrite to start again here."
+        ) from None
     drop_epochs_from(run_dir / "history.csv", epoch)
     return epoch
 
