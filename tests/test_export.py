@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -299,6 +300,51 @@ def test_export_cli_with_real_calibration_data(small_cifar10, lenet, tmp_path, m
     assert (mine / "notes.txt").read_text() == "mine" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
     assert main(["export", str(model_path), "--out", str(out), "--quantize", "float32", "--formats", "tflite", "--no-verify", "--overwrite"]) == 0
     assert list(json.loads((out / "export.json").read_text())["variants"]) == ["float32"]
+
+
+def test_to_tflite_and_to_saved_model_replace_their_target_whole_or_not_at_all(lenet, held_out, tmp_path, monkeypatch):
+    """The two one-file functions: a disk that fills while they write leaves the old file or SavedModel as it was."""
+    target = tmp_path / "m.tflite"
+    target.write_bytes(b"the user's earlier model")
+    real_write = pathlib.Path.write_bytes
+
+    def fill_the_disk(self, data):
+        real_write(self, data[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", fill_the_disk)
+    with pytest.raises(DiskFull, match=f"could not write {target}; what was there before is kept"):
+        export.to_tflite(lenet, target)
+    monkeypatch.undo()
+    assert target.read_bytes() == b"the user's earlier model" and sorted(tmp_path.iterdir()) == [target]
+    assert export.to_tflite(lenet, target) == target.read_bytes()
+
+    saved = tmp_path / "saved_model"
+    export.to_saved_model(lenet, saved)
+    before = {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()}
+    import tensorflow as tf
+
+    real_save = tf.saved_model.save
+
+    def fail_halfway(obj, path, *args, **kwargs):  # what Keras' ExportArchive.write_out calls
+        real_save(obj, path, *args, **kwargs)
+        (pathlib.Path(path) / "saved_model.pb").write_bytes(b"cut short")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", fail_halfway)
+    with pytest.raises(DiskFull):
+        export.to_saved_model(lenet, saved)
+    monkeypatch.undo()
+    assert {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "saved_model"]
+    served = export.SavedModelClassifier(saved).predict(held_out[0][:4])  # the old one still loads and serves
+    np.testing.assert_allclose(served, export.probabilities(lenet, held_out[0][:4]), atol=1e-5)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=f"{mine} exists and is not a SavedModel"):
+        export.to_saved_model(lenet, mine)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
 def test_export_under_another_backend_says_to_use_tensorflow(lenet, tmp_path, monkeypatch, capsys):

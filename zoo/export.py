@@ -27,7 +27,7 @@ from zoo import mobile, web
 from zoo.litert import TFLiteModel
 from zoo.data import as_rgb
 from zoo.evaluation import outputs_probabilities, probabilities
-from zoo.files import check_output_folder, sha256, staged_folder
+from zoo.files import check_output_folder, sha256, staged_folder, write_atomically
 from zoo.loading import find_labels, load_keras_file, load_model
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
@@ -85,8 +85,12 @@ def _probabilities(model, images):
 
 def to_saved_model(model, path):
     """Export a SavedModel whose `serving_default` takes `image`: uint8 [batch, H, W, C] (0-255 RGB)
-    and returns `probabilities` (and `logits` for models that output logits)."""
+    and returns `probabilities` (and `logits` for models that output logits). A SavedModel already at
+    `path` is replaced whole once the new one is written; any other file or folder there is refused."""
     require_tensorflow_backend()
+    path = pathlib.Path(path)
+    if path.exists() and not (path / "saved_model.pb").is_file() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} exists and is not a SavedModel, which is all this replaces: name a new folder.")
     import tensorflow as tf
 
     model = float32_model(model)
@@ -101,7 +105,8 @@ def to_saved_model(model, path):
     archive.add_endpoint(
         "serving_default", serve, input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name="image")]
     )
-    archive.write_out(str(path), verbose=False)
+    with staged_folder(path) as staging:  # the old SavedModel stays whole until the new one is
+        archive.write_out(str(staging), verbose=False)
 
 
 def _tflite_saved_model(model, path):
@@ -147,7 +152,7 @@ def to_tflite(model, path, *, quantize="float32", representative_data=None):
         saved_model = os.path.join(tmp, "saved_model")
         _tflite_saved_model(model, saved_model)
         content = _convert(saved_model, quantize, representative_data)
-    pathlib.Path(path).write_bytes(content)
+    write_atomically(path, lambda tmp: pathlib.Path(tmp).write_bytes(content))
     return content
 
 
