@@ -88,6 +88,26 @@ def small_cifar10(cifar10_dir, tmp_path_factory):
 
 
 
+@pytest.fixture
+def disk_fills_writing():
+    """`disk_fills_writing(monkeypatch, name)`: from then on, `Path.write_text` on a file whose name ends with `name`
+    (a temporary file beside it included) writes half its text, then fails as a disk that fills."""
+    import errno
+
+    def patch(monkeypatch, name):
+        write_text = pathlib.Path.write_text
+
+        def write(path, text, *args, **kwargs):
+            if path.name.endswith(name):
+                write_text(path, text[: len(text) // 2], *args, **kwargs)
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return write_text(path, text, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "write_text", write)
+
+    return patch
+
+
 @pytest.fixture(scope="session", autouse=True)
 def system_allocator():
     """The test process's first tensor fixes its allocator: from then on the processes it starts inherit an

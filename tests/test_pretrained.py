@@ -105,6 +105,18 @@ def test_readme_results_table_is_generated_from_the_cards(tmp_path):
     assert pretrained.results_table().count("\n") == 2 + len(RELEASED) + 1  # and lenet5's mnist weights
 
 
+def test_a_disk_that_fills_while_the_tables_are_regenerated_leaves_the_readme_whole(tmp_path, monkeypatch, disk_fills_writing):
+    from zoo.files import DiskFull
+
+    readme = tmp_path / "README.md"
+    stale = (ROOT / "README.md").read_text().replace("| vgg16_bn |", "| vgg16_bn (stale) |")
+    readme.write_text(stale)
+    disk_fills_writing(monkeypatch, "README.md")
+    with pytest.raises(DiskFull):
+        update_results_table(readme)
+    assert readme.read_text() == stale
+
+
 def test_lenet5_mnist_weights_reproduce_their_card_on_the_idx_files(mnist_dir):
     """The paper's task: greyscale digits 32x32 (MNIST's 28x28 in the middle), 99.34% on the local test half."""
     from zoo.data import load_image_folder_split

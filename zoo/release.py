@@ -23,7 +23,7 @@ from zoo import pretrained
 from zoo.data import is_single_folder, load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate, probabilities
 from zoo.export import VARIANTS, export_model, float32_model, require_tensorflow_backend
-from zoo.files import BUNDLED, check_output_folder, save_float16_weights, sha256, staged_folder
+from zoo.files import BUNDLED, check_output_folder, save_float16_weights, sha256, staged_folder, write_text_atomically
 from zoo.litert import TFLiteModel
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
@@ -356,5 +356,5 @@ def update_results_table(readme=None):
         head, rest = new.split(begin, 1)
         new = f"{head}{begin}\n{table()}{end}{rest.split(end, 1)[1]}"
     if new != text:
-        readme.write_text(new)
+        write_text_atomically(readme, new)
     return True

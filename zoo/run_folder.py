@@ -14,7 +14,7 @@ import pathlib
 import shutil
 
 from zoo import recipe as recipes
-from zoo.files import LockedError, exclusive_lock
+from zoo.files import LockedError, exclusive_lock, write_text_atomically
 
 BACKUP = "backup"
 STATE = "state.json"
@@ -50,7 +50,7 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
                 leftover.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "logs", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.toml").write_text(recipe_text)
+    write_text_atomically(run_dir / "recipe.toml", recipe_text)  # a resume rewrites it: a full disk must not cut it
     metadata = run_dir / BACKUP / "training_metadata.json"  # written by keras.callbacks.BackupAndRestore
     try:
         epoch = int(json.loads(metadata.read_text())["epoch"]) if metadata.exists() else 0
@@ -112,16 +112,21 @@ def run_folder_lock(run_dir):
 
 
 def history_rows(history_csv):
-    """The header and rows of a CSVLogger file ([], [] if there is none yet)."""
+    """The header and whole rows of a CSVLogger file (None, [] if there is none yet). A row cut short (the disk
+    filled as it was appended) is left out: the resumed run logs its epoch again."""
     lines = history_csv.read_text().splitlines() if history_csv.exists() else []
-    return (lines[0], [l for l in lines[1:] if l]) if lines else (None, [])
+    if not lines:
+        return None, []
+    fields = lines[0].count(",")
+    return lines[0], [l for l in lines[1:] if l.count(",") == fields and l.split(",")[0].isdigit() and not l.endswith(",")]
 
 
 def drop_epochs_from(history_csv, epoch):
     """Forget rows logged for `epoch` and later: a resumed run logs them again."""
     header, rows = history_rows(history_csv)
     if header:
-        history_csv.write_text("\n".join([header, *(r for r in rows if int(r.split(",")[0]) < epoch)]) + "\n")
+        # Atomic: a history cut short would make the next epoch look best and overwrite the best checkpoint.
+        write_text_atomically(history_csv, "\n".join([header, *(r for r in rows if int(r.split(",")[0]) < epoch)]) + "\n")
 
 
 def best_validation(history_csv):

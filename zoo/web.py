@@ -15,6 +15,8 @@ Opened as `index.html?image=RELATIVE_URL` it classifies that image on load. Ever
 or the error.
 """
 
+import contextlib
+import errno
 import html
 import json
 import os
@@ -55,7 +57,7 @@ def tasks_vision_folder():
     """The unpacked npm package `@mediapipe/tasks-vision` (pinned), fetched once with `npm pack` into
     the zoo cache; a WebError saying how to get npm where it is missing."""
     folder = cache_dir() / "npm" / f"tasks-vision-{TASKS_VISION_VERSION}"
-    if all((folder / f).is_file() for f in BUNDLE_FILES):
+    if _complete(folder):
         return folder
     npm = shutil.which("npm")
     if npm is None:
@@ -74,9 +76,30 @@ def tasks_vision_folder():
             raise WebError(f"npm could not fetch {TASKS_VISION}@{TASKS_VISION_VERSION}: {done.stderr.strip()[-300:]}")
         with tarfile.open(tarballs[0]) as archive:
             archive.extractall(tmp, filter="data")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(pathlib.Path(tmp) / "package", folder)
+        _move_into_place(pathlib.Path(tmp) / "package", folder, scratch=pathlib.Path(tmp))
     return folder
+
+
+def _complete(folder):
+    return all((folder / f).is_file() for f in BUNDLE_FILES)
+
+
+def _move_into_place(package, folder, scratch):
+    """Rename `package` to `folder` in one step. A complete `folder` is left alone: another export, which
+    fetched it at the same time and finished first, may be copying from it. An incomplete one (files deleted
+    by hand) is first moved into `scratch`, which is removed with it."""
+    for attempt in range(3):
+        if _complete(folder):
+            return
+        try:
+            os.replace(package, folder)  # onto a missing or empty folder only
+            return
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        with contextlib.suppress(FileNotFoundError):  # another export may be moving it too
+            os.replace(folder, scratch / f"incomplete-{attempt}")
+    raise WebError(f"Could not put {TASKS_VISION} into {folder}: other processes keep changing it. Export again.")
 
 
 def write_page(folder, variants, *, title, drawing_size=None):
