@@ -330,24 +330,30 @@ def test_without_npm_the_web_format_says_how_to_get_it(monkeypatch, tmp_path):
         web.tasks_vision_folder()
 
 
-@pytest.mark.parametrize("meanwhile", ["another export put it there", "files were deleted by hand"])
+@pytest.mark.parametrize("meanwhile", ["another export put it there", "files were deleted by hand", "a file was damaged since"])
 def test_fetching_the_web_bundle_never_removes_a_complete_copy_another_export_may_read(meanwhile, monkeypatch, tmp_path):
     """Two first exports at once both fetch @mediapipe/tasks-vision: the second to finish keeps the first's copy (the
-    first may be copying from it) instead of deleting and replacing it. An incomplete copy is replaced."""
+    first may be copying from it) instead of deleting and replacing it. An incomplete or damaged copy is replaced."""
     import io
     import tarfile
 
     from zoo import web
+    from zoo.files import sha256
 
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     folder = tmp_path / "cache" / "npm" / f"tasks-vision-{web.TASKS_VISION_VERSION}"
 
-    def put(folder, files, text):
-        for name in files:
+    def put(folder, text, manifest=True):  # a copy as fetching it leaves one
+        for name in web.BUNDLE_FILES:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_text(text)
+        if manifest:
+            (folder / web.MANIFEST).write_text(json.dumps({name: sha256(folder / name) for name in web.BUNDLE_FILES}))
+
+    fetches = []
 
     def npm_pack(command, cwd, **kwargs):  # what `npm pack` leaves: a tarball of package/...
+        fetches.append(command)
         with tarfile.open(pathlib.Path(command[command.index("--pack-destination") + 1]) / "tasks-vision.tgz", "w:gz") as tgz:
             for name in web.BUNDLE_FILES:
                 data = b"fetched here"
@@ -355,14 +361,20 @@ def test_fetching_the_web_bundle_never_removes_a_complete_copy_another_export_ma
                 info.size = len(data)
                 tgz.addfile(info, io.BytesIO(data))
         if meanwhile == "another export put it there":
-            put(folder, web.BUNDLE_FILES, "fetched by the other export")
+            put(folder, "fetched by the other export")
         return subprocess.CompletedProcess(command, 0, "", "")
 
     if meanwhile == "files were deleted by hand":
-        put(folder, web.BUNDLE_FILES[:1], "a leftover")
+        put(folder, "a leftover")
+        for name in web.BUNDLE_FILES[1:]:
+            (folder / name).unlink()
+    elif meanwhile == "a file was damaged since":
+        put(folder, "fetched before")
+        (folder / web.BUNDLE_FILES[-1]).write_text("fetched bef")  # cut short
     monkeypatch.setattr(web.shutil, "which", lambda name: "/usr/bin/npm")
     monkeypatch.setattr(web.subprocess, "run", npm_pack)
     assert web.tasks_vision_folder() == folder
     expected = "fetched by the other export" if meanwhile == "another export put it there" else "fetched here"
     assert {(folder / name).read_text() for name in web.BUNDLE_FILES} == {expected}
     assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no scratch left
+    assert web.tasks_vision_folder() == folder and len(fetches) == 1  # checked, and not fetched again

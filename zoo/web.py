@@ -27,6 +27,7 @@ import tarfile
 import tempfile
 
 from zoo.data import cache_dir
+from zoo.files import sha256
 
 TASKS_VISION = "@mediapipe/tasks-vision"
 TASKS_VISION_VERSION = "1.1.0"
@@ -38,6 +39,7 @@ BUNDLE_FILES = (
     "wasm/vision_wasm_nosimd_internal.js", "wasm/vision_wasm_nosimd_internal.wasm",
 )
 MODEL_VARIANTS = ("int8", "float32")  # the page's model, in order of preference
+MANIFEST = "zoo-fetched.json"  # the sha256 of each of BUNDLE_FILES as fetched
 
 
 class WebError(ValueError):
@@ -55,7 +57,8 @@ def check_request(formats, quantize):
 
 def tasks_vision_folder():
     """The unpacked npm package `@mediapipe/tasks-vision` (pinned), fetched once with `npm pack` into
-    the zoo cache; a WebError saying how to get npm where it is missing."""
+    the zoo cache and checked against the sha256 recorded then on each use (35 ms); a WebError saying how
+    to get npm where it is missing."""
     folder = cache_dir() / "npm" / f"tasks-vision-{TASKS_VISION_VERSION}"
     if _complete(folder):
         return folder
@@ -76,12 +79,22 @@ def tasks_vision_folder():
             raise WebError(f"npm could not fetch {TASKS_VISION}@{TASKS_VISION_VERSION}: {done.stderr.strip()[-300:]}")
         with tarfile.open(tarballs[0]) as archive:
             archive.extractall(tmp, filter="data")
-        _move_into_place(pathlib.Path(tmp) / "package", folder, scratch=pathlib.Path(tmp))
+        package = pathlib.Path(tmp) / "package"
+        if not all((package / name).is_file() for name in BUNDLE_FILES):
+            raise WebError(f"{TASKS_VISION}@{TASKS_VISION_VERSION} from npm lacks some of {', '.join(BUNDLE_FILES)}.")
+        (package / MANIFEST).write_text(json.dumps({name: sha256(package / name) for name in BUNDLE_FILES}, indent=1))
+        _move_into_place(package, folder, scratch=pathlib.Path(tmp))
     return folder
 
 
 def _complete(folder):
-    return all((folder / f).is_file() for f in BUNDLE_FILES)
+    """Whether `folder` holds every bundle file as it was fetched (its sha256 in the manifest written then): a file
+    damaged since (a failing disk, a half-done copy of the cache folder) counts as missing, and is fetched again."""
+    try:
+        fetched = json.loads((folder / MANIFEST).read_text())
+        return all((folder / name).is_file() and sha256(folder / name) == fetched[name] for name in BUNDLE_FILES)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _move_into_place(package, folder, scratch):
