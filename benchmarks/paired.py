@@ -47,7 +47,7 @@ def predictions(side, data_dir):
 
     name, _, tag = side.partition(":") if ":" in side and not os.path.exists(side) else (side, "", None)
     model, class_names = load_model(name, weights=tag)
-    test, data_classes, _ = test_images_for(name, model, data_dir, tag)  # as zoo eval --data-dir takes them
+    test, data_classes, _ = test_images_for(name, model.input.shape[1:], data_dir, tag)  # as zoo eval --data-dir takes them
     check_classes(model, data_classes, class_names, data_dir)
     return probabilities(model, test.images).argmax(axis=1), test.labels
 

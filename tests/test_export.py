@@ -212,6 +212,43 @@ def save_png(path, image):
     return str(path)
 
 
+def test_eval_cli_measures_every_format_an_export_writes_as_its_runtime_predicts(lenet_export, held_out, tmp_path, capsys):
+    """`zoo eval` takes the deployed files too (TFLite, SavedModel), run by LiteRT's interpreter and TensorFlow's
+    SavedModel loader: the figures of the files as an app meets them, beside the Keras model's."""
+    from zoo.litert import TFLiteModel
+
+    out, record = lenet_export
+    images, labels = held_out[0][:120], held_out[1][:120]
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (tmp_path / "data" / f"class{label}").mkdir(parents=True, exist_ok=True)  # one folder of class folders
+        save_png(tmp_path / "data" / f"class{label}" / f"{i:03d}.png", image)
+    data = tmp_path / "data"
+    results = {}
+    for name in ("model.keras", "saved_model", "model_float32.tflite", "model_int8.tflite"):
+        assert main(["eval", str(out / name), "--data-dir", str(data), "--json"]) == 0, capsys.readouterr().err
+        results[name] = json.loads(capsys.readouterr().out)
+        assert results[name]["images"] == 120 and sum(map(sum, results[name]["confusion_matrix"])) == 120
+    accuracy = {name: r["accuracy"] for name, r in results.items()}
+    assert accuracy["saved_model"] == accuracy["model_float32.tflite"] == accuracy["model.keras"] > 0.5, accuracy
+    assert abs(accuracy["model_int8.tflite"] - accuracy["model.keras"]) <= 1 - record["variants"]["int8"]["verification"]["agreement"] + 1e-9
+    # Image for image what the interpreter predicts.
+    predicted = TFLiteModel(out / "model_int8.tflite").predict(images).argmax(1)
+    confusion = np.zeros((10, 10), "int64")
+    np.add.at(confusion, (labels, predicted), 1)
+    assert results["model_int8.tflite"]["confusion_matrix"] == confusion.tolist()
+    assert main(["eval", str(out / "model_int8.tflite"), "--data-dir", str(data), "--tta-flip", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta_flip"] is True
+    # The wrong classes, and a file cut short, are named before any image is run.
+    (data / "zebra").mkdir()
+    save_png(data / "zebra" / "z.png", images[0])
+    assert main(["eval", str(out / "model_int8.tflite"), "--data-dir", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "has 11 classes" in err and "but the model has 10 outputs" in err, err
+    (tmp_path / "cut.tflite").write_bytes((out / "model_int8.tflite").read_bytes()[:20000])
+    assert main(["eval", str(tmp_path / "cut.tflite"), "--data-dir", str(data)]) == 2
+    assert f"{tmp_path / 'cut.tflite'} is not a TFLite model LiteRT can read (corrupt or truncated?)" in capsys.readouterr().err
+
+
 def test_predict_cli_reads_any_format_and_prints_top_k(lenet_export, held_out, tmp_path, capsys):
     out, _ = lenet_export
     files = [save_png(tmp_path / "a.png", held_out[0][0]), str(tmp_path / "b.jpg")]

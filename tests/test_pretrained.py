@@ -136,6 +136,16 @@ def test_lenet5_mnist_weights_reproduce_their_card_on_the_idx_files(mnist_dir):
     assert abs(top1 - check["top1"]) <= 0.002
 
 
+def test_zoo_eval_of_the_released_int8_file_gives_its_cards_figure(mnist_dir, capsys):
+    """The deployed file measured as a user would: `zoo eval model_int8.tflite` (LiteRT's interpreter) on MNIST's
+    idx files scores the card's int8 top-1 on the local test half."""
+    card = pretrained.card("lenet5", "mnist")
+    assert main(["eval", str(ROOT / "saved_models" / "lenet5_mnist" / card["int8"]["file"]), "--data-dir", str(mnist_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == card["int8"]["test_images"] == 5000
+    assert abs(result["accuracy"] - card["int8"]["test_top1"]) <= 0.002  # the idx copy: official pixels within a grey level
+
+
 def test_card_options_fill_unset_options_and_conflicts_are_errors():
     model = lenet5(weights="cifar10", classifier_activation="softmax", dropout=0.3)  # free: no weights depend on them
     assert model.output.shape[-1] == 10 and model.get_layer("block1_bn1") is not None

@@ -93,7 +93,7 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     p = commands.add_parser("eval", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
-    _add_model_arguments(p)
+    _add_model_arguments(p, "a .tflite file, a SavedModel folder, ")
     p.add_argument("--data-dir", help="image folders (the test/ split is evaluated)")
     p.add_argument("--source", default="cifar10", help="tensorflow-datasets name when no --data-dir (default: cifar10)")
     p.add_argument("--tfds-data-dir", help=TFDS_DATA_DIR_HELP)

@@ -116,12 +116,14 @@ def cmd_eval(args):
     from zoo import pretrained
     from zoo.data import DataUnavailableError, Split, load_dataset
     from zoo.evaluation import check_classes, evaluate
-    from zoo.loading import load_model, test_images_for, trained_with_flips
+    from zoo.export import KerasClassifier, load_classifier
+    from zoo.loading import test_images_for, trained_with_flips
 
-    model, model_class_names = load_model(args.model, weights=args.weights)
-    height, width, channels = model.input.shape[1:]
+    classifier, model_class_names = load_classifier(args.model, weights=args.weights)  # a TFLite file, a SavedModel too
+    height, width, channels = classifier.input_shape
+    model = classifier.model if isinstance(classifier, KerasClassifier) else classifier  # Keras predicts in batches
     if args.data_dir:  # only the test images are decoded
-        test, class_names, part = test_images_for(args.model, model, args.data_dir, args.weights)
+        test, class_names, part = test_images_for(args.model, (height, width, channels), args.data_dir, args.weights)
         source = os.path.abspath(args.data_dir)
         if args.limit:
             keep = np.random.default_rng(0).permutation(len(test))[: args.limit]

@@ -30,10 +30,15 @@ def probabilities(model, images, *, tta_flip=False, tta_shift=0, batch_size=256)
         exp = np.exp(outputs - outputs.max(axis=1, keepdims=True))
         return exp / exp.sum(axis=1, keepdims=True)
 
+    return averaged_over_views(run, images, tta_flip=tta_flip, tta_shift=tta_shift)
+
+
+def averaged_over_views(predict, images, *, tta_flip=False, tta_shift=0):
+    """`predict(images)` (probabilities), averaged over the views `probabilities` describes."""
     views = [images, images[:, :, ::-1]] if tta_flip else [images]
     if tta_shift:
         views += [shifted(view, dy * tta_shift, dx * tta_shift) for view in views[:] for dy, dx in ((-1, -1), (1, 1))]
-    return sum(run(view) for view in views) / len(views)
+    return sum(predict(view) for view in views) / len(views)
 
 
 def shifted(images, dy, dx):
@@ -47,7 +52,7 @@ def shifted(images, dy, dx):
 def check_classes(model, class_names, model_class_names=None, source="the data"):
     """A ValueError unless `class_names` (of the data in `source`) are the model's classes: as many as
     its outputs and, where the model's own names are known, the same names in the same order."""
-    outputs = model.output.shape[-1]
+    outputs = model.output.shape[-1] if isinstance(model, keras.Model) else model.num_classes
     if len(class_names) != outputs:
         raise ValueError(
             f"{source} has {len(class_names)} classes ({', '.join(class_names)}), but the model has {outputs} outputs."
@@ -60,9 +65,13 @@ def check_classes(model, class_names, model_class_names=None, source="the data")
 
 
 def evaluate(model, split, class_names, *, tta_flip=False, tta_shift=0, batch_size=256):
-    """Accuracy, cross-entropy, per-class accuracy and confusion matrix (rows: true, columns: predicted)."""
+    """Accuracy, cross-entropy, per-class accuracy and confusion matrix (rows: true, columns: predicted) of a
+    Keras model, or of a deployed file's classifier (`zoo.export.load_classifier`: TFLite, SavedModel)."""
     check_classes(model, class_names)
-    probs = probabilities(model, split.images, tta_flip=tta_flip, tta_shift=tta_shift, batch_size=batch_size)
+    if isinstance(model, keras.Model):
+        probs = probabilities(model, split.images, tta_flip=tta_flip, tta_shift=tta_shift, batch_size=batch_size)
+    else:
+        probs = averaged_over_views(model.predict, split.images, tta_flip=tta_flip, tta_shift=tta_shift)
     log_probs = np.log(np.clip(probs, 1e-12, 1.0))
     labels = split.labels
     predicted = probs.argmax(axis=1)

@@ -410,6 +410,7 @@ class SavedModelClassifier:
 
         self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
         self.input_shape = tuple(self.serve.structured_input_signature[1]["image"].shape[1:])
+        self.num_classes = int(self.serve.structured_outputs["probabilities"].shape[-1])
 
     def predict(self, images):
         return self.serve(image=np.asarray(images, "uint8"))["probabilities"].numpy().astype("float64")
@@ -419,6 +420,7 @@ class KerasClassifier:
     def __init__(self, model):
         self.model = model
         self.input_shape = tuple(self.model.input.shape[1:])
+        self.num_classes = int(self.model.output.shape[-1])
 
     def predict(self, images):
         return probabilities(self.model, np.asarray(images, "float32"))

@@ -13,7 +13,12 @@ class TFLiteModel:
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = pathlib.Path(path)
-        self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise ValueError(f"{path} is empty, not a TFLite model (a copy or download that did not finish?).")
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
+        except ValueError as e:  # LiteRT's own words do not name the file
+            raise ValueError(f"{path} is not a TFLite model LiteRT can read (corrupt or truncated?): {e}") from None
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -21,6 +26,10 @@ class TFLiteModel:
     @property
     def input_shape(self):
         return tuple(int(d) for d in self.input["shape"][1:])
+
+    @property
+    def num_classes(self):
+        return int(self.output["shape"][-1])
 
     def invoke(self, image):
         """Run one raw 0-255 image [H, W, C]; returns the probabilities as stored (uint8 for int8)."""

@@ -54,14 +54,15 @@ def run_results(source):
     return json.loads(results.read_text()) if results.is_file() else None
 
 
-def test_images_for(source, model, data_dir, weights=None):
-    """`(Split, class names, part)`: the test images of `data_dir` at `model`'s input size and channels, and of
-    a run folder's own test part where its run split one folder of class folders (results.json says how)."""
+def test_images_for(source, input_shape, data_dir, weights=None):
+    """`(Split, class names, part)`: the test images of `data_dir` at the model's `input_shape` (height, width,
+    channels), and of a run folder's own test part where its run split one folder of class folders (results.json
+    says how)."""
     from zoo.data import load_test_images
 
     results = run_results(source) if weights is None else None  # a released tag has no run of its own
     split = (results or {}).get("data", {}).get("split")
-    height, width, channels = model.input.shape[1:]
+    height, width, channels = input_shape
     return load_test_images(data_dir, (height, width), channels, split)
 
 
