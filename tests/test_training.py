@@ -321,6 +321,22 @@ def test_a_damaged_backup_or_state_file_is_named_and_nothing_is_lost(tmp_path, c
     assert json.loads((run_dir / "state.json").read_text())["epoch"] == 4
 
 
+HISTORY_HEADER = "epoch,accuracy,loss,val_accuracy,val_loss"
+
+
+def resumable_run_folder(tmp_path, backup_epoch, history):
+    """`(run_dir, recipe)`: a lenet5_cifar10 run folder whose backup is at `backup_epoch`, its history.csv `history`."""
+    from zoo.run_folder import prepare_run_folder
+
+    run_dir = tmp_path / "run"
+    recipe = recipes.load("lenet5_cifar10")
+    prepare_run_folder(run_dir, recipe)
+    (run_dir / "backup").mkdir()
+    (run_dir / "backup" / "training_metadata.json").write_text(f'{{"epoch": {backup_epoch}}}')
+    (run_dir / "history.csv").write_text(history)
+    return run_dir, recipe
+
+
 @pytest.mark.parametrize("name", ["recipe.toml", "history.csv"])
 def test_a_disk_that_fills_while_a_run_resumes_leaves_its_recipe_and_history_whole(name, tmp_path, monkeypatch, disk_fills_writing):
     """A resume rewrites recipe.toml and cuts history.csv back to the backup's epoch. Cut short by a full disk, the
@@ -329,13 +345,8 @@ def test_a_disk_that_fills_while_a_run_resumes_leaves_its_recipe_and_history_who
     from zoo.files import DiskFull
     from zoo.run_folder import prepare_run_folder
 
-    run_dir = tmp_path / "run"
-    recipe = recipes.load("lenet5_cifar10")
-    prepare_run_folder(run_dir, recipe)
-    (run_dir / "backup").mkdir()
-    (run_dir / "backup" / "training_metadata.json").write_text('{"epoch": 2}')
     rows = [f"{e},0.{e},1.0,0.9{e},0.5" for e in range(4)]
-    (run_dir / "history.csv").write_text("\n".join(["epoch,accuracy,loss,val_accuracy,val_loss", *rows]) + "\n")
+    run_dir, recipe = resumable_run_folder(tmp_path, 2, "\n".join([HISTORY_HEADER, *rows]) + "\n")
     before = {f: (run_dir / f).read_text() for f in ("recipe.toml", "history.csv")}
 
     with monkeypatch.context() as patch:
@@ -354,15 +365,10 @@ def test_a_history_row_cut_short_by_a_full_disk_is_dropped_when_the_run_resumes(
     newline ("1" would read as epoch 1). The resume keeps the whole rows before its epoch, and their best score."""
     from zoo.run_folder import best_validation, prepare_run_folder
 
-    run_dir = tmp_path / "run"
-    recipe = recipes.load("lenet5_cifar10")
-    prepare_run_folder(run_dir, recipe)
-    (run_dir / "backup").mkdir()
-    (run_dir / "backup" / "training_metadata.json").write_text('{"epoch": 12}')
     rows = [f"{e},0.{e:02d},1.0,0.{50 + e},0.9" for e in range(12)]
-    (run_dir / "history.csv").write_text("\n".join(["epoch,accuracy,loss,val_accuracy,val_loss", *rows, cut]))
+    run_dir, recipe = resumable_run_folder(tmp_path, 12, "\n".join([HISTORY_HEADER, *rows, cut]))
     assert prepare_run_folder(run_dir, recipe) == 12
-    assert (run_dir / "history.csv").read_text() == "\n".join(["epoch,accuracy,loss,val_accuracy,val_loss", *rows]) + "\n"
+    assert (run_dir / "history.csv").read_text() == "\n".join([HISTORY_HEADER, *rows]) + "\n"
     assert best_validation(run_dir / "history.csv") == (0.61, -0.9)
 
 
