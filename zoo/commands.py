@@ -121,7 +121,7 @@ def cmd_eval(args):
 
     classifier, model_class_names = load_classifier(args.model, weights=args.weights)  # a TFLite file, a SavedModel too
     height, width, channels = classifier.input_shape
-    model = classifier.model if isinstance(classifier, KerasClassifier) else classifier  # Keras predicts in batches
+    model = classifier.model if isinstance(classifier, KerasClassifier) else classifier  # `evaluate` runs Keras models itself
     if args.data_dir:  # only the test images are decoded
         test, class_names, part = test_images_for(args.model, (height, width, channels), args.data_dir, args.weights)
         source = os.path.abspath(args.data_dir)
