@@ -117,6 +117,37 @@ def test_a_disk_that_fills_while_the_tables_are_regenerated_leaves_the_readme_wh
     assert readme.read_text() == stale
 
 
+def test_two_releases_finishing_at_once_both_reach_the_readme_tables(tmp_path, monkeypatch):
+    """Each `zoo release` regenerates the README's tables from every release once its own folder is in
+    place. Two finishing at once take turns: the table written last has read both releases."""
+    import threading
+
+    from zoo import release
+
+    saved, readme = tmp_path / "saved_models", tmp_path / "README.md"
+    readme.write_text("<!-- begin -->\n<!-- end -->\n")
+    read_first, second_done = threading.Event(), threading.Event()
+
+    def table():  # the first call reads the releases, then stays slow until the second has finished
+        names = sorted(p.name for p in saved.iterdir())
+        if not read_first.is_set():
+            read_first.set()
+            second_done.wait(timeout=2)
+        return "".join(f"{name}\n" for name in names)
+
+    monkeypatch.setattr(release, "TABLES", (("<!-- begin -->", "<!-- end -->", table),))
+    (saved / "vgg11_bn_cifar10").mkdir(parents=True)
+    first = threading.Thread(target=release.update_results_table, args=(readme,))
+    first.start()
+    read_first.wait(timeout=10)
+    (saved / "vgg16_bn_cifar10").mkdir()  # the second release lands while the first is regenerating
+    release.update_results_table(readme)
+    second_done.set()
+    first.join()
+    assert readme.read_text() == "<!-- begin -->\nvgg11_bn_cifar10\nvgg16_bn_cifar10\n<!-- end -->\n"
+    assert not (tmp_path / ".README.md.lock").exists()
+
+
 def test_lenet5_mnist_weights_reproduce_their_card_on_the_idx_files(mnist_dir):
     """The paper's task: greyscale digits 32x32 (MNIST's 28x28 in the middle), 99.34% on the local test half."""
     from zoo.data import load_image_folder_split

@@ -131,11 +131,11 @@ class LockedError(FileExistsError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(path):
+def exclusive_lock(path, wait=False):
     """Hold an exclusive lock on the file `path` (made if needed) for the block, or raise LockedError
-    naming the process that holds it. The system drops the lock with its process, even on `kill -9`;
-    the file is removed when the block ends (a process that opened it meanwhile sees it gone and
-    takes a new one, so two holders never coexist)."""
+    naming the process that holds it (with `wait`, wait for it instead). The system drops the lock with
+    its process, even on `kill -9`; the file is removed when the block ends (a process that opened it
+    meanwhile sees it gone and takes a new one, so two holders never coexist)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks, so no check
@@ -146,7 +146,7 @@ def exclusive_lock(path):
     while True:
         f = open(path, "a+")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "?"

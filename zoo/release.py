@@ -23,7 +23,7 @@ from zoo import pretrained
 from zoo.data import is_single_folder, load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate, probabilities
 from zoo.export import VARIANTS, export_model, float32_model, require_tensorflow_backend
-from zoo.files import BUNDLED, check_output_folder, save_float16_weights, sha256, staged_folder, write_text_atomically
+from zoo.files import BUNDLED, check_output_folder, exclusive_lock, save_float16_weights, sha256, staged_folder, write_text_atomically
 from zoo.litert import TFLiteModel
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
@@ -345,10 +345,16 @@ def card_readme(card):
 
 
 def update_results_table(readme=None):
-    """Rewrite the README's generated tables (results, deploy) between their markers from the releases."""
+    """Rewrite the README's generated tables (results, deploy) between their markers from the releases.
+    Two releases finishing at once take turns, so the one that writes last has read both cards."""
     readme = pathlib.Path(readme or pretrained.saved_models_dir().parent / "README.md")
     if not readme.is_file():
         return False
+    with exclusive_lock(readme.parent / f".{readme.name}.lock", wait=True):
+        return _update_tables(readme)
+
+
+def _update_tables(readme):
     text = new = readme.read_text()
     for begin, end, table in TABLES:
         if begin not in new or end not in new:
