@@ -17,6 +17,7 @@ from zoo.cli import main
 from zoo.export import ExportError
 from zoo.files import DiskFull
 from zoo.litert import TFLiteModel
+from zoo.loading import SavedModelClassifier
 
 
 def synthetic_images(n, seed, size=32):
@@ -379,7 +380,7 @@ def test_to_tflite_and_to_saved_model_replace_their_target_whole_or_not_at_all(l
     monkeypatch.undo()
     assert {p.relative_to(saved): p.read_bytes() for p in saved.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite", "saved_model"]
-    served = export.SavedModelClassifier(saved).predict(held_out[0][:4])  # the old one still loads and serves
+    served = SavedModelClassifier(saved).predict(held_out[0][:4])  # the old one still loads and serves
     np.testing.assert_allclose(served, export.probabilities(lenet, held_out[0][:4]), atol=1e-5)
     mine = tmp_path / "mine"
     mine.mkdir()

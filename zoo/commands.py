@@ -116,7 +116,7 @@ def cmd_eval(args):
     from zoo import pretrained
     from zoo.data import DataUnavailableError, Split, load_dataset
     from zoo.evaluation import check_classes, evaluate
-    from zoo.export import KerasClassifier, load_classifier
+    from zoo.loading import KerasClassifier, load_classifier
     from zoo.loading import test_images_for, trained_with_flips
 
     classifier, model_class_names = load_classifier(args.model, weights=args.weights)  # a TFLite file, a SavedModel too
@@ -236,16 +236,15 @@ def cmd_viz(args):
 def cmd_predict(args):
     import json
 
-    from zoo import export
     from zoo.data import image_files
-    from zoo.loading import read_labels
+    from zoo.loading import load_classifier, load_images, read_labels
 
     paths = image_files(args.images)
     if not paths:
         raise FileNotFoundError(f"No image files in {', '.join(args.images)}.")
     given = read_labels(args.labels) if args.labels else None
-    classifier, names = export.load_classifier(args.model, weights=args.weights)
-    images = export.load_images(paths, classifier.input_shape)
+    classifier, names = load_classifier(args.model, weights=args.weights)
+    images = load_images(paths, classifier.input_shape)
     probabilities = classifier.predict(images)
     if given is not None and len(given) != probabilities.shape[1]:
         raise ValueError(f"{args.labels} names {len(given)} classes, one per line, but the model has {probabilities.shape[1]} outputs.")

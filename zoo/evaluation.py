@@ -66,7 +66,7 @@ def check_classes(model, class_names, model_class_names=None, source="the data")
 
 def evaluate(model, split, class_names, *, tta_flip=False, tta_shift=0, batch_size=256):
     """Accuracy, cross-entropy, per-class accuracy and confusion matrix (rows: true, columns: predicted) of a
-    Keras model, or of a deployed file's classifier (`zoo.export.load_classifier`: TFLite, SavedModel)."""
+    Keras model, or of a deployed file's classifier (`zoo.loading.load_classifier`: TFLite, SavedModel)."""
     check_classes(model, class_names)
     if isinstance(model, keras.Model):
         probs = probabilities(model, split.images, tta_flip=tta_flip, tta_shift=tta_shift, batch_size=batch_size)

@@ -28,7 +28,7 @@ from zoo.litert import TFLiteModel
 from zoo.data import as_rgb
 from zoo.evaluation import outputs_probabilities, probabilities
 from zoo.files import check_output_folder, sha256, staged_folder, write_atomically
-from zoo.loading import find_labels, load_keras_file, load_model
+from zoo.loading import load_keras_file
 
 VARIANTS = ("float32", "float16", "dynamic", "int8")
 # What every export must prove against the Keras model (top-1 agreement, |probability| difference).
@@ -400,54 +400,6 @@ def verify_mediapipe(path, images, interpreter_probabilities, class_names):
 
 def _write_record(folder, record):
     (folder / "export.json").write_text(json.dumps(record, indent=2) + "\n")
-
-
-class SavedModelClassifier:
-    """A SavedModel written by `to_saved_model`, called through its uint8 `serving_default` signature."""
-
-    def __init__(self, path):
-        import tensorflow as tf
-
-        self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-        self.input_shape = tuple(self.serve.structured_input_signature[1]["image"].shape[1:])
-        self.num_classes = int(self.serve.structured_outputs["probabilities"].shape[-1])
-
-    def predict(self, images):
-        return self.serve(image=np.asarray(images, "uint8"))["probabilities"].numpy().astype("float64")
-
-
-class KerasClassifier:
-    def __init__(self, model):
-        self.model = model
-        self.input_shape = tuple(self.model.input.shape[1:])
-        self.num_classes = int(self.model.output.shape[-1])
-
-    def predict(self, images):
-        return probabilities(self.model, np.asarray(images, "float32"))
-
-
-def load_classifier(source, weights=None, num_threads=None):
-    """`(classifier, class names or None)`; the classifier has `input_shape` and `predict(images)`.
-
-    `source`: a `.tflite` file, a SavedModel folder, or what `zoo.loading.load_model` takes (a
-    `.keras` file, a run folder, a registered model name with `weights`).
-    """
-    path = pathlib.Path(source)
-    if not weights:
-        if path.suffix == ".tflite" and path.is_file():
-            return TFLiteModel(path, num_threads=num_threads), find_labels(path) or mobile.packed_labels(path)
-        if (path / "saved_model.pb").is_file():
-            return SavedModelClassifier(path), find_labels(path)
-    model, class_names = load_model(source, weights=weights)
-    return KerasClassifier(model), class_names
-
-
-def load_images(paths, input_shape):
-    """Decode image files of any common format, resized to `input_shape` [H, W, C], as uint8."""
-    from zoo.data import read_image
-
-    height, width, channels = input_shape
-    return np.stack([read_image(path, (height, width), channels) for path in paths])
 
 
 def benchmark(folder, images, *, num_threads=1, runs=100, warmup=10):

@@ -1,5 +1,6 @@
 """What the commands take as a model: a registered name (with released weights or a weights file),
-a `.keras` file, or a run folder holding `model.keras`; and the class names that go with it."""
+a `.keras` file, or a run folder holding `model.keras`; and the class names that go with it. `predict`
+and `eval` also take the deployed files (`load_classifier`: a `.tflite` file, a SavedModel folder)."""
 
 import json
 import pathlib
@@ -7,8 +8,11 @@ import sys
 import zipfile
 
 import keras
+import numpy as np
 
 from zoo import pretrained
+from zoo.evaluation import probabilities
+from zoo.litert import TFLiteModel
 from zoo.recipe import tomllib
 from zoo.models import get_model, model_info
 
@@ -128,3 +132,53 @@ def find_labels(model_path):
         if (folder / "labels.txt").is_file():
             return read_labels(folder / "labels.txt")
     return None
+
+
+class SavedModelClassifier:
+    """A SavedModel written by `to_saved_model`, called through its uint8 `serving_default` signature."""
+
+    def __init__(self, path):
+        import tensorflow as tf
+
+        self.serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self.input_shape = tuple(self.serve.structured_input_signature[1]["image"].shape[1:])
+        self.num_classes = int(self.serve.structured_outputs["probabilities"].shape[-1])
+
+    def predict(self, images):
+        return self.serve(image=np.asarray(images, "uint8"))["probabilities"].numpy().astype("float64")
+
+
+class KerasClassifier:
+    def __init__(self, model):
+        self.model = model
+        self.input_shape = tuple(self.model.input.shape[1:])
+        self.num_classes = int(self.model.output.shape[-1])
+
+    def predict(self, images):
+        return probabilities(self.model, np.asarray(images, "float32"))
+
+
+def load_classifier(source, weights=None, num_threads=None):
+    """`(classifier, class names or None)`; the classifier has `input_shape` and `predict(images)`.
+
+    `source`: a `.tflite` file, a SavedModel folder, or what `zoo.loading.load_model` takes (a
+    `.keras` file, a run folder, a registered model name with `weights`).
+    """
+    from zoo.mobile import packed_labels
+
+    path = pathlib.Path(source)
+    if not weights:
+        if path.suffix == ".tflite" and path.is_file():
+            return TFLiteModel(path, num_threads=num_threads), find_labels(path) or packed_labels(path)
+        if (path / "saved_model.pb").is_file():
+            return SavedModelClassifier(path), find_labels(path)
+    model, class_names = load_model(source, weights=weights)
+    return KerasClassifier(model), class_names
+
+
+def load_images(paths, input_shape):
+    """Decode image files of any common format, resized to `input_shape` [H, W, C], as uint8."""
+    from zoo.data import read_image
+
+    height, width, channels = input_shape
+    return np.stack([read_image(path, (height, width), channels) for path in paths])
