@@ -8,6 +8,8 @@ import pytest
 
 from zoo.cli import main
 
+from conftest import ROOT
+
 
 def test_list_prints_every_model_with_params(capsys):
     assert main(["list"]) == 0
@@ -50,6 +52,14 @@ def test_command_line_output_is_free_of_tensorflow_startup_noise():
     result = subprocess.run([sys.executable, "-m", "zoo.cli", "list", "lenet5"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.splitlines()[2].startswith("lenet5")
+    assert result.stderr == ""
+
+
+def test_eval_of_a_tflite_file_prints_only_its_figures(mnist_dir):
+    """LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." stays off the terminal."""
+    model = ROOT / "saved_models" / "lenet5_mnist" / "model_int8.tflite"
+    result = subprocess.run([sys.executable, "-m", "zoo.cli", "eval", str(model), "--data-dir", str(mnist_dir), "--limit", "50"], capture_output=True, text=True)
+    assert result.returncode == 0 and "accuracy" in result.stdout.lower(), result.stderr
     assert result.stderr == ""
 
 
@@ -129,7 +139,6 @@ def test_the_files_and_recipes_readme_commands_name_exist(cifar10_dir, page):
     must exist (or be made by an earlier command of the page, such as `cp`)."""
     import shlex
 
-    from conftest import ROOT
     from zoo import recipe as recipes
 
     made = set()

@@ -116,10 +116,11 @@ def cmd_eval(args):
     from zoo import pretrained
     from zoo.data import DataUnavailableError, Split, load_dataset
     from zoo.evaluation import check_classes, evaluate
-    from zoo.loading import KerasClassifier, load_classifier
-    from zoo.loading import test_images_for, trained_with_flips
+    from zoo.console import startup_noise_filtered
+    from zoo.loading import KerasClassifier, load_classifier, test_images_for, trained_with_flips
 
-    classifier, model_class_names = load_classifier(args.model, weights=args.weights)  # a TFLite file, a SavedModel too
+    with startup_noise_filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
+        classifier, model_class_names = load_classifier(args.model, weights=args.weights)  # a TFLite file, a SavedModel too
     height, width, channels = classifier.input_shape
     model = classifier.model if isinstance(classifier, KerasClassifier) else classifier  # `evaluate` runs Keras models itself
     if args.data_dir:  # only the test images are decoded
