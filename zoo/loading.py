@@ -13,6 +13,7 @@ import numpy as np
 from zoo import pretrained
 from zoo.evaluation import probabilities
 from zoo.litert import TFLiteModel
+from zoo.mobile import packed_labels
 from zoo.recipe import tomllib
 from zoo.models import get_model, model_info
 
@@ -149,6 +150,8 @@ class SavedModelClassifier:
 
 
 class KerasClassifier:
+    """A Keras model with the deployed files' interface: `predict(uint8 images)` -> float probabilities."""
+
     def __init__(self, model):
         self.model = model
         self.input_shape = tuple(self.model.input.shape[1:])
@@ -161,11 +164,9 @@ class KerasClassifier:
 def load_classifier(source, weights=None, num_threads=None):
     """`(classifier, class names or None)`; the classifier has `input_shape` and `predict(images)`.
 
-    `source`: a `.tflite` file, a SavedModel folder, or what `zoo.loading.load_model` takes (a
+    `source`: a `.tflite` file, a SavedModel folder, or what `load_model` takes (a
     `.keras` file, a run folder, a registered model name with `weights`).
     """
-    from zoo.mobile import packed_labels
-
     path = pathlib.Path(source)
     if not weights:
         if path.suffix == ".tflite" and path.is_file():
