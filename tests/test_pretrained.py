@@ -177,6 +177,40 @@ def test_zoo_eval_of_the_released_int8_file_gives_its_cards_figure(mnist_dir, ca
     assert abs(result["accuracy"] - card["int8"]["test_top1"]) <= 0.002  # the idx copy: official pixels within a grey level
 
 
+def test_without_data_dir_eval_and_release_read_the_dataset_the_model_was_trained_on(monkeypatch, capsys, tmp_path):
+    """No --data-dir: `zoo eval lenet5 --weights mnist` (or of its released .tflite) and `zoo release` of an MNIST
+    run or release ask tensorflow-datasets for MNIST, not the default CIFAR-10; --source still chooses."""
+    from zoo import data, release
+    from zoo.data import DataUnavailableError
+
+    asked = []
+
+    def no_download(source, **kwargs):
+        asked.append(source)
+        raise DataUnavailableError(f"No {source} here.")
+
+    monkeypatch.setattr(data, "load_dataset", no_download)
+    monkeypatch.setattr(release, "load_dataset", no_download)
+    shipped = ROOT / "saved_models" / "lenet5_mnist"
+    for args in (["lenet5", "--weights", "mnist"], [str(shipped / "model_int8.tflite")], ["lenet5", "--weights", "cifar10"],
+                 ["lenet5", "--weights", "mnist", "--source", "emnist"]):
+        assert main(["eval", *args]) == 2
+        assert "here." in capsys.readouterr().err
+    assert asked == ["mnist", "mnist", "cifar10", "emnist"]
+    # A release brought up to date, and a finished run released, without --data-dir.
+    folder = shutil.copytree(shipped, tmp_path / "lenet5_mnist")
+    run = tmp_path / "run"
+    run.mkdir()
+    lenet5(weights="mnist").save(run / "model.keras")
+    (run / "results.json").write_text(json.dumps({"model": "lenet5", "data": {}}))
+    shutil.copy(shipped / "recipe.toml", run / "recipe.toml")
+    asked.clear()
+    assert main(["release", str(folder), "--card-only", "--overwrite"]) == 2
+    assert main(["release", str(run), "--out", str(tmp_path / "out"), "--tag", "digits"]) == 2
+    assert asked == ["mnist", "mnist"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet5_mnist", "run"]  # nothing written
+
+
 def test_card_options_fill_unset_options_and_conflicts_are_errors():
     model = lenet5(weights="cifar10", classifier_activation="softmax", dropout=0.3)  # free: no weights depend on them
     assert model.output.shape[-1] == 10 and model.get_layer("block1_bn1") is not None

@@ -117,7 +117,7 @@ def cmd_eval(args):
     from zoo.data import DataUnavailableError, Split, load_dataset
     from zoo.evaluation import check_classes, evaluate
     from zoo.console import startup_noise_filtered
-    from zoo.loading import KerasClassifier, load_classifier, test_images_for, trained_with_flips
+    from zoo.loading import KerasClassifier, load_classifier, test_images_for, trained_on, trained_with_flips
 
     with startup_noise_filtered():  # LiteRT's "Created TensorFlow Lite XNNPACK delegate" line
         classifier, model_class_names = load_classifier(args.model, weights=args.weights)  # a TFLite file, a SavedModel too
@@ -132,7 +132,7 @@ def cmd_eval(args):
     else:
         try:
             dataset = load_dataset(
-                args.source, tfds_data_dir=args.tfds_data_dir, image_size=(height, width), channels=channels,
+                args.source or trained_on(args.model, args.weights), tfds_data_dir=args.tfds_data_dir, image_size=(height, width), channels=channels,
                 validation_size=0, limit=args.limit,
             )
         except DataUnavailableError as e:

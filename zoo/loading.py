@@ -71,19 +71,39 @@ def test_images_for(source, input_shape, data_dir, weights=None):
     return load_test_images(data_dir, (height, width), channels, split)
 
 
-def trained_with_flips(source, weights=None):
-    """Whether the model was trained on mirrored images (its recipe's augment.flip), for a released tag, a run
-    folder or a .keras file in one; None where no recipe says."""
+def training_recipe(source, weights=None):
+    """The recipe `source` was trained with: a released tag's, or the `recipe.toml` of the run or release folder
+    that is or holds `source` (a `.keras`, `.tflite` or SavedModel inside one); None where there is none."""
     if pretrained.is_tag(weights):
         card = pretrained.card(source, weights)
         recipe = pathlib.Path(card["folder"]) / card["recipe"]["file"]
     else:
         path = pathlib.Path(source)
+        if not path.exists():  # a registered name with a weights file
+            return None
         recipe = (path if path.is_dir() else path.parent) / "recipe.toml"
     try:
-        return bool(tomllib.loads(recipe.read_text())["augment"]["flip"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return tomllib.loads(recipe.read_text())
+    except (OSError, ValueError):
         return None
+
+
+def trained_with_flips(source, weights=None):
+    """Whether the model was trained on mirrored images (its recipe's augment.flip), for a released tag, a run
+    folder or a .keras file in one; None where no recipe says."""
+    try:
+        return bool(training_recipe(source, weights)["augment"]["flip"])
+    except (KeyError, TypeError):
+        return None
+
+
+def trained_on(source, weights=None, default="cifar10"):
+    """The tensorflow-datasets name the model was trained on (its recipe's data.source), else `default`: what
+    `zoo eval` measures without --data-dir, so `zoo eval lenet5 --weights mnist` reads MNIST."""
+    try:
+        return str(training_recipe(source, weights)["data"]["source"])
+    except (KeyError, TypeError):
+        return default
 
 
 def run_progress(model_path):

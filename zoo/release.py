@@ -45,7 +45,7 @@ def release(
     *,
     data_dir=None,
     tfds_data_dir=None,
-    source="cifar10",
+    source=None,
     tag="cifar10",
     out=None,
     quantize=("int8",),
@@ -77,7 +77,8 @@ def release(
     options = options_of(trained)
     height, width, channels = options["input_shape"]
     train, test, class_names, test_source = _release_data(
-        data_dir, tfds_data_dir, source, (height, width), channels, results["data"].get("split"),
+        data_dir, tfds_data_dir, source or recipes.load(run_dir / "recipe.toml")["data"]["source"], (height, width), channels,
+        results["data"].get("split"),
     )
     with staged_folder(out) as staging:
         card = _release_into(
@@ -193,7 +194,7 @@ def _export_tflite_files(folder, model, card, train, test, quantize):
     }
 
 
-def update_release(folder, *, data_dir=None, tfds_data_dir=None, source="cifar10", tflite=True, overwrite=False):
+def update_release(folder, *, data_dir=None, tfds_data_dir=None, source=None, tflite=True, overwrite=False):
     """Bring a release up to today's: the Keras figures a card of today has that this one lacks
     (multi-view TTA, the tenth-image check) measured, once its plain top-1 is reproduced on the data given; with `tflite`, its
     TFLite files re-exported from its Keras weights with today's exporter (metadata, int8 layout,
@@ -207,12 +208,12 @@ def update_release(folder, *, data_dir=None, tfds_data_dir=None, source="cifar10
     card["folder"] = str(folder)
     model = get_model(card["model"], weights=str(pretrained.weights_file(card)), **card["options"])
     height, width, channels = card["options"]["input_shape"]
-    train, test, class_names = _release_data(data_dir, tfds_data_dir, source, (height, width), channels)[:3]
+    recipe = recipes.load(folder / "recipe.toml")
+    train, test, class_names = _release_data(data_dir, tfds_data_dir, source or recipe["data"]["source"], (height, width), channels)[:3]
     if class_names != card["data"]["classes"]:
         raise ValueError(f"The data's classes ({', '.join(class_names)}) are not the release's ({', '.join(card['data']['classes'])}).")
     quantize = list(json.loads((folder / "export.json").read_text())["variants"])
-    flips = recipes.load(folder / "recipe.toml")["augment"]["flip"]
-    measured = keras_accuracy(model, test, class_names, flips=flips, known=card["accuracy"])  # the plain pass checks the weights
+    measured = keras_accuracy(model, test, class_names, flips=recipe["augment"]["flip"], known=card["accuracy"])  # the plain pass checks the weights
     if abs(measured["test_top1"] - card["accuracy"]["test_top1"]) > REPRODUCED:
         raise ValueError(
             f"On these {len(test):,} test images the release's weights score top-1 {measured['test_top1']:.2%}, not its card's "
