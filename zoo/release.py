@@ -63,6 +63,7 @@ def release(
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished run folder: it lacks {', '.join(missing)}.")
     results = json.loads((run_dir / "results.json").read_text())
+    recipe = recipes.load(run_dir / "recipe.toml")
     name = results["model"]
     model_info(name)  # a registered model
     if not out and pretrained.saved_models_dir().is_relative_to(BUNDLED):
@@ -77,23 +78,22 @@ def release(
     options = options_of(trained)
     height, width, channels = options["input_shape"]
     train, test, class_names, test_source = _release_data(
-        data_dir, tfds_data_dir, source or recipes.load(run_dir / "recipe.toml")["data"]["source"], (height, width), channels,
-        results["data"].get("split"),
+        data_dir, tfds_data_dir, source or recipe["data"]["source"], (height, width), channels, results["data"].get("split"),
     )
     with staged_folder(out) as staging:
         card = _release_into(
             staging, trained, options, name, tag, results, run_dir, (train, test, class_names),
-            quantize, data_description or test_source,
+            quantize, data_description or test_source, flips=recipe["augment"]["flip"],
         )
     update_results_table()
     return {**card, "folder": str(out)}
 
 
-def _release_into(folder, trained, options, name, tag, results, run_dir, data, quantize, test_description):
+def _release_into(folder, trained, options, name, tag, results, run_dir, data, quantize, test_description, flips):
     train, test, class_names = data
     save_float16_weights(trained, folder / "model.weights.h5")
     model = get_model(name, weights=str(folder / "model.weights.h5"), **options)  # what users will load
-    accuracy = keras_accuracy(model, test, class_names, flips=recipes.load(run_dir / "recipe.toml")["augment"]["flip"])
+    accuracy = keras_accuracy(model, test, class_names, flips=flips)
     (folder / "recipe.toml").write_text(portable_recipe((run_dir / "recipe.toml").read_text(), test_description))
     card = {
         "name": f"{name}_{tag}",
