@@ -63,7 +63,6 @@ def release(
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished run folder: it lacks {', '.join(missing)}.")
     results = json.loads((run_dir / "results.json").read_text())
-    recipe = recipes.load(run_dir / "recipe.toml")
     name = results["model"]
     model_info(name)  # a registered model
     if not out and pretrained.saved_models_dir().is_relative_to(BUNDLED):
@@ -73,6 +72,7 @@ def release(
         )
     out = pathlib.Path(out) if out else pretrained.saved_models_dir() / f"{name}_{tag}"
     check_output_folder(out, overwrite, "release", what="Release folder")
+    recipe = recipes.load(run_dir / "recipe.toml")
 
     trained = float32_model(load_keras_file(run_dir / "model.keras"))
     options = options_of(trained)
