@@ -366,6 +366,18 @@ def test_without_network_tfds_fails_at_once_and_makes_no_folder(tmp_path, monkey
     assert not (tmp_path / "tfds").exists()
 
 
+def test_the_folder_a_failed_download_left_adds_no_warning_to_the_error(tmp_path, monkeypatch, capfd, caplog):
+    """tfds logged "WARNING:absl:Variant folder .../cifar10/3.0.2 has no dataset_info.json" before zoo's error."""
+    from zoo.cli import main
+
+    monkeypatch.setattr(data, "network_reachable", lambda hosts: False)
+    (tmp_path / "tfds" / "cifar10" / "3.0.2").mkdir(parents=True)
+    assert main(["eval", "lenet5", "--weights", "cifar10", "--tfds-data-dir", str(tmp_path / "tfds")]) == 2
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"zoo eval: error: tensorflow-datasets would download 'cifar10' into {tmp_path}"), err
+    assert not [r.getMessage() for r in caplog.records if r.name == "absl"]  # pytest keeps log records off stderr
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbled", "emptied"])
 def test_a_damaged_cache_file_is_noticed_and_rebuilt_never_read_wrong(cifar10_dir, tmp_path, monkeypatch, capsys, damage):
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))

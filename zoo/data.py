@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import hashlib
 import io
+import logging
 import os
 import pathlib
 import socket
@@ -169,10 +170,16 @@ def _take(split, index):
     return Split(split.images[index], split.labels[index])
 
 
+def _unprepared_folder_warning(record):
+    """False for tfds' "Variant folder ... has no dataset_info.json", which a failed download leaves behind."""
+    return not str(record.msg).startswith("Variant folder ")
+
+
 def load_tfds(name, image_size, channels, data_dir=None):
     """Train and test splits of a tensorflow-datasets image classification dataset."""
     import tensorflow_datasets as tfds
 
+    logging.getLogger("absl").addFilter(_unprepared_folder_warning)  # zoo's error below says where it would download
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:  # its message lists all ~450 datasets
