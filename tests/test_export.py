@@ -146,6 +146,56 @@ def test_a_vgg_bn_trained_under_mixed_bfloat16_exports_and_matches_keras(cifar10
     assert reloaded.get_layer("block1_conv1").dtype_policy.name == "float32"
 
 
+def test_an_export_landing_while_another_runs_is_kept(lenet, held_out, tmp_path, monkeypatch):
+    """Two `zoo export --out same` at once both passed the check before their work; the one that ended
+    last replaced the other's output without --overwrite."""
+    out = tmp_path / "out"
+    real = export._convert
+
+    def the_other_export_lands(saved_model, quantize, representative_data):
+        out.mkdir()
+        (out / "export.json").write_text('{"by": "the other export"}')
+        return real(saved_model, quantize, representative_data)
+
+    monkeypatch.setattr(export, "_convert", the_other_export_lands)
+    with pytest.raises(FileExistsError, match="exists. Use --overwrite .* It was written by another process while this zoo export ran: it is kept"):
+        export.export_model(lenet, out, quantize=["float32"], verification=held_out[0])
+    assert (out / "export.json").read_text() == '{"by": "the other export"}' and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_two_outputs_replacing_one_folder_at_once_take_turns(tmp_path, monkeypatch):
+    """replace_folder moves the old folder aside, then the new one in: a second process in between put
+    its own in the gap, and the first then failed to move onto it (a bare OSError, its output gone)."""
+    import threading
+
+    from zoo.files import staged_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "export.json").write_text("old")
+    moved_aside, second_done = threading.Event(), threading.Event()
+    real_replace = os.replace
+
+    def slow_replace(source, target):
+        real_replace(source, target)
+        if str(target).endswith("out-previous") and not moved_aside.is_set():
+            moved_aside.set()
+            second_done.wait(timeout=1)  # the second waits for its turn: it is not done in a second
+
+    def write(text):
+        with staged_folder(out, True, "export") as staging:
+            (staging / "export.json").write_text(text)
+
+    monkeypatch.setattr(os, "replace", slow_replace)
+    first = threading.Thread(target=write, args=("first",))
+    first.start()
+    assert moved_aside.wait(timeout=10)
+    write("second")
+    second_done.set()
+    first.join()
+    assert (out / "export.json").read_text() == "second" and [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
 def test_existing_output_is_kept_without_overwrite_and_after_a_failure(lenet, calibration, held_out, tmp_path, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()

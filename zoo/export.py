@@ -291,7 +291,7 @@ def export_model(
         web.tasks_vision_folder()  # fetched (or its error) before any conversion
     metadata = {**default_metadata(model, class_names), **(metadata or {})}
 
-    with staged_folder(out) as staging:
+    with staged_folder(out, overwrite, "export") as staging:
         return _export_into(
             model, staging, formats, quantize, calibration, verification, verification_labels, class_names,
             enforce_bounds, save_keras, metadata,

@@ -66,16 +66,23 @@ def write_text_atomically(path, text):
 
 
 @contextlib.contextmanager
-def staged_folder(out):
+def staged_folder(out, overwrite=True, command=None, what="Output folder"):
     """A new temporary folder beside `out` to write into; when the block ends, it replaces `out`
-    (see `replace_folder`), or, if the block failed, it is removed and `out` stays as it was."""
+    (see `replace_folder`), or, if the block failed, it is removed and `out` stays as it was.
+
+    Processes replacing the same `out` take turns (a lock beside it). With `command`, `out` is checked
+    again, in that turn, as `check_output_folder` checked it before the work: another process may have
+    written it meanwhile, and then it is kept and this output dropped."""
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield staging
         interrupts.raise_pending()  # a stop asked for and swallowed on the way: the old folder stays
-        replace_folder(staging, out)
+        with exclusive_lock(out.parent / f".{out.name}.replace-lock", wait=True):
+            if command:
+                _check_again(out, overwrite, command, what)
+            replace_folder(staging, out)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
         full = disk_full(e, out)
@@ -110,6 +117,15 @@ def check_output_folder(out, overwrite, command, what="Output folder"):
             f"{what} {out} holds files that zoo {command} did not write: --overwrite replaces only an earlier "
             f"zoo {command} output, never other folders. Name a new folder."
         )
+
+
+def _check_again(out, overwrite, command, what):
+    try:
+        check_output_folder(out, overwrite, command, what)
+    except FileExistsError as e:
+        raise FileExistsError(
+            f"{e} It was written by another process while this zoo {command} ran: it is kept, and this output is dropped."
+        ) from None
 
 
 def replace_folder(staging, out):

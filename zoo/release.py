@@ -80,7 +80,7 @@ def release(
     train, test, class_names, test_source = _release_data(
         data_dir, tfds_data_dir, source or recipe["data"]["source"], (height, width), channels, results["data"].get("split"),
     )
-    with staged_folder(out) as staging:
+    with staged_folder(out, overwrite, "release", what="Release folder") as staging:
         card = _release_into(
             staging, trained, options, name, tag, results, run_dir, (train, test, class_names),
             quantize, data_description or test_source, flips=recipe["augment"]["flip"],
@@ -221,7 +221,7 @@ def update_release(folder, *, data_dir=None, tfds_data_dir=None, source=None, tf
         )
     card["accuracy"] = {**measured, **card["accuracy"]}  # the card's figures stay; what it lacks is filled in
     card.pop("folder")
-    with staged_folder(folder) as staging:
+    with staged_folder(folder, True, "release", what="Release folder") as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*(("*.tflite", "export.json") if tflite else ())))
         if tflite:
             card["int8"] = _export_tflite_files(staging, model, card, train, test, quantize)

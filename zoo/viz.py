@@ -266,7 +266,7 @@ def report(model, out, *, image=None, image_name="image", class_names=None, laye
     names = block_layers(model, layer_names)  # errors before any drawing
     if image is not None:
         _batch(model, image)
-    with staged_folder(out) as staging:
+    with staged_folder(out, overwrite, "viz") as staging:
         items = _draw(model, staging, image, class_names, names, top_k)
         (staging / "index.html").write_text(_html(model, items, image_name if image is not None else None))
     return items
