@@ -266,13 +266,19 @@ def test_a_changed_weights_file_is_refused(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     """zoo train -> zoo release -> lenet5(weights=TAG): the card's accuracy is what users get."""
+    from zoo.release import TABLES, listed_in_readme
+
     monkeypatch.setenv("ZOO_SAVED_MODELS", str(tmp_path / "saved_models"))
+    readme = tmp_path / "README.md"  # beside saved_models/, as in a checkout
+    readme.write_text("".join(f"{begin}\n{end}\n" for begin, end, _ in TABLES))
     assert main(quick_args(small_cifar10, tmp_path / "run", epochs=1, limit=1000)) == 0
     args = ["release", str(tmp_path / "run"), "--data-dir", str(small_cifar10), "--tag", "tiny"]
     assert main(args) == 0
     out = capsys.readouterr().out
     folder = tmp_path / "saved_models" / "lenet5_tiny"
     assert f"-> {folder}" in out
+    assert readme.read_text().count("| lenet5 | tiny |") == 1, readme.read_text()  # the results table's new row
+    assert listed_in_readme(folder) and not listed_in_readme(tmp_path / "elsewhere" / "lenet5_tiny")
     card = json.loads((folder / "model_card.json").read_text())
     assert card["model"] == "lenet5" and card["weights"] == "tiny" and card["training"]["epochs"] == 1
     assert {"model.weights.h5", "model_int8.tflite", "export.json", "labels.txt", "recipe.toml", "README.md"} <= set(card["files"])

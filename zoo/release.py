@@ -85,7 +85,8 @@ def release(
             staging, trained, options, name, tag, results, run_dir, (train, test, class_names),
             quantize, data_description or test_source, flips=recipe["augment"]["flip"],
         )
-    update_results_table()
+    if listed_in_readme(out):
+        update_results_table()
     return {**card, "folder": str(out)}
 
 
@@ -226,7 +227,8 @@ def update_release(folder, *, data_dir=None, tfds_data_dir=None, source=None, tf
         if tflite:
             card["int8"] = _export_tflite_files(staging, model, card, train, test, quantize)
         write_card(staging, card)
-    update_results_table()
+    if listed_in_readme(folder):
+        update_results_table()
     return {**card, "folder": str(folder)}
 
 
@@ -343,6 +345,12 @@ def card_readme(card):
         "",
     ]
     return "\n".join(lines)
+
+
+def listed_in_readme(folder):
+    """Whether the release `folder` is one of saved_models/, whose cards the README's tables show (a
+    release `--out` elsewhere leaves the checkout's README alone)."""
+    return pathlib.Path(folder).resolve().parent == pretrained.saved_models_dir().resolve()
 
 
 def update_results_table(readme=None):
