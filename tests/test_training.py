@@ -619,6 +619,57 @@ def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_c
     assert not (run_dir / "backup").exists()
 
 
+def test_a_resume_whose_best_checkpoint_is_gone_chooses_it_again_from_the_epochs_to_come(small_cifar10, tmp_path, monkeypatch, capsys):
+    """model.keras lost or damaged mid-run (a failing disk, a hand clean-up): the resume compared its epochs with the
+    history's best, which no file held any more; if none beat it, the run ended on a NaN story or Keras' traceback."""
+    from zoo import recipe as recipes
+    from zoo import training
+
+    recipe = recipes.load("lenet5_cifar10", [
+        f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=500", "data.limit=1000",
+        "training.epochs=4", "training.tta_flip=false",
+    ])
+    run_dir, seen = tmp_path / "run", {}
+    end_of_epoch = training.RunState.on_epoch_end
+
+    def crash_after_the_second_epoch(self, epoch, logs=None):
+        seen[epoch] = ((logs["val_accuracy"], -logs["val_loss"]), self.model.get_weights())
+        end_of_epoch(self, epoch, logs)
+        if epoch == 2 and 3 not in seen and "crashed" not in seen:
+            seen["crashed"] = True
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.RunState, "on_epoch_end", crash_after_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(recipe, run_dir, verbose=0)
+    (run_dir / "model.keras").write_bytes((run_dir / "model.keras").read_bytes()[:1000])  # cut short
+    history = (run_dir / "history.csv").read_text().splitlines()
+    columns = history[0].split(",")
+    first = history[1].split(",")
+    first[columns.index("val_accuracy")] = "0.99"  # the lost checkpoint's epoch: one no later epoch beats
+    (run_dir / "history.csv").write_text("\n".join([history[0], ",".join(first), *history[2:]]) + "\n")
+    damaged = (run_dir / "model.keras").read_bytes()
+    results = training.train(recipe, run_dir, verbose=0)
+    assert results["resumed_from_epoch"] == [2]
+    assert f"warning: {run_dir / 'model.keras'}, the run's best checkpoint, is damaged (" in capsys.readouterr().err
+    assert (run_dir / "model.keras.damaged").read_bytes() == damaged
+    best = max((2, 3), key=lambda e: seen[e][0])
+    for a, b in zip(weights_of(run_dir / "model.keras"), seen[best][1]):
+        np.testing.assert_array_equal(a, b)
+    assert results["val_accuracy"] == pytest.approx(seen[best][0][0])
+
+
+def test_a_lost_best_checkpoint_with_no_epoch_left_is_named_before_any_work(tmp_path):
+    from zoo.run_folder import RunFolderError, prepare_run_folder
+
+    rows = [f"{e},0.5,1.0,0.6,0.9" for e in range(80)]
+    run_dir, recipe = resumable_run_folder(tmp_path, 80, "\n".join([HISTORY_HEADER, *rows]) + "\n")
+    (run_dir / "model.keras").write_text("not a zip")
+    with pytest.raises(RunFolderError, match=r"model.keras, the run's best checkpoint, is damaged \(.*\), and its backup is at the last epoch \(80\): no epoch is left"):
+        prepare_run_folder(run_dir, recipe)
+    assert (run_dir / "model.keras").read_text() == "not a zip"
+
+
 @pytest.mark.parametrize("option", ["data_threads", "backup_every"])
 def test_train_rejects_counts_below_one_before_any_work(option, tmp_path):
     from zoo import recipe as recipes

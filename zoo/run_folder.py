@@ -12,12 +12,15 @@ import math
 import os
 import pathlib
 import shutil
+import sys
+import zipfile
 
 from zoo import recipe as recipes
 from zoo.files import LockedError, exclusive_lock, write_text_atomically
 
 BACKUP = "backup"
 STATE = "state.json"
+CHECKPOINT = "model.keras"
 
 
 class RunFolderError(FileExistsError):
@@ -60,7 +63,46 @@ def prepare_run_folder(run_dir, recipe, overwrite=False):
             "Use another --out to start afresh (this folder keeps its best checkpoint so far), or --overwrite to start again here."
         ) from None
     drop_epochs_from(run_dir / "history.csv", epoch)
+    if epoch:
+        _check_checkpoint(run_dir, epoch, recipe["training"]["epochs"])
     return epoch
+
+
+def checkpoint_problem(path):
+    """Why the Keras file `path` cannot be a run's best checkpoint ("missing", "damaged (...)"), or None."""
+    if not path.exists():
+        return "missing"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                return "damaged (no config.json in it)"
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"damaged ({e})"
+    return f"damaged ({bad} fails its CRC)" if bad else None
+
+
+def _check_checkpoint(run_dir, epoch, epochs):
+    """A resume needs the best checkpoint that the history's best score stands for: if it is gone (a failing disk,
+    a hand clean-up), the best starts again from the epochs still to train, and a damaged file is kept aside."""
+    path = run_dir / CHECKPOINT
+    problem = checkpoint_problem(path)
+    if problem is None:
+        return
+    if epoch >= epochs:
+        raise RunFolderError(
+            f"{path}, the run's best checkpoint, is {problem}, and its backup is at the last epoch ({epoch}): no epoch is "
+            f"left to train a new one. The last epoch's weights are in {run_dir / BACKUP / 'latest.weights.h5'}; --overwrite trains the run again."
+        )
+    kept = ""
+    if path.exists():
+        os.replace(path, path.with_name(f"{path.name}.damaged"))
+        kept = f" (the damaged file is kept as {path.name}.damaged)"
+    print(
+        f"warning: {path}, the run's best checkpoint, is {problem}: the run resumes from epoch {epoch}, and its best "
+        f"checkpoint is chosen again among the epochs still to train{kept}",
+        file=sys.stderr, flush=True,
+    )
 
 
 def same_run(recipe_file, recipe):
@@ -129,9 +171,10 @@ def drop_epochs_from(history_csv, epoch):
         write_text_atomically(history_csv, "\n".join([header, *(r for r in rows if int(r.split(",")[0]) < epoch)]) + "\n")
 
 
-def best_validation(history_csv):
-    """The best `(val_accuracy, -val_loss)` logged so far (the best checkpoint's score), or -infinities."""
+def best_validation(history_csv, from_epoch=0):
+    """The best `(val_accuracy, -val_loss)` logged so far from epoch `from_epoch` (the best checkpoint's score), or -infinities."""
     header, rows = history_rows(history_csv)
+    rows = [r for r in rows if int(r.split(",")[0]) >= from_epoch]
     columns = header.split(",") if header else []
     if "val_accuracy" not in columns:
         return (-math.inf, -math.inf)

@@ -313,10 +313,12 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
             flush=True,
         )
     nan_guard = StopOnNaN()
+    # A resume whose best checkpoint was lost (see prepare_run_folder) chooses it again among the epochs to come.
+    checkpoints_from = initial_epoch if initial_epoch and not (run_dir / "model.keras").exists() else 0
     callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
     if dist.chief:
         callbacks[:0] = [
-            BestCheckpoint(run_dir / "model.keras", best=best_validation(run_dir / "history.csv"), every=backup_every)
+            BestCheckpoint(run_dir / "model.keras", best=best_validation(run_dir / "history.csv", checkpoints_from), every=backup_every)
             if len(dataset.val) else BestCheckpoint(run_dir / "model.keras", best=(initial_epoch - 1,), every=backup_every, last=True),
             keras.callbacks.CSVLogger(run_dir / "history.csv", append=True),
         ]
@@ -364,7 +366,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
                 verbose=verbose,
             )
     backend = {"used": keras.backend.backend(), **(backend_choice or {"requested": None, "why": "Python API: KERAS_BACKEND or Keras' default"})}
-    return finish(run_dir, recipe, dataset, stopped_by_nan=nan_guard.stopped, start=start, change=change, backend=backend)
+    return finish(run_dir, recipe, dataset, stopped_by_nan=nan_guard.stopped, start=start, change=change, backend=backend, checkpoints_from=checkpoints_from)
 
 
 def _phases(epochs, frozen_epochs):
@@ -373,7 +375,7 @@ def _phases(epochs, frozen_epochs):
     return ([(0, frozen_epochs, True)] if frozen_epochs else []) + ([(frozen_epochs, epochs, False)] if frozen_epochs < epochs else [])
 
 
-def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=None, backend=None):
+def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=None, backend=None, checkpoints_from=0):
     """Evaluate the best checkpoint on the test split once; write `results.json` and the plots."""
     from zoo import plots
 
@@ -395,7 +397,7 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=No
         "recipe": recipe["name"],
         "epochs": epochs_done,
         "stopped": stopped,
-        "val_accuracy": best_validation(run_dir / "history.csv")[0] if len(dataset.val) else None,
+        "val_accuracy": best_validation(run_dir / "history.csv", checkpoints_from)[0] if len(dataset.val) else None,
         "checkpoint": "best validation epoch" if len(dataset.val) else "last epoch (no validation images)",
         "test_accuracy": test["accuracy"],
         "test_loss": test["loss"],
