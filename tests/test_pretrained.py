@@ -358,6 +358,10 @@ def test_release_a_run_end_to_end(small_cifar10, tmp_path, monkeypatch, capsys):
     assert "is not a finished run folder" in capsys.readouterr().err
     assert main(["release", str(tmp_path / "run"), "--card-only"]) == 2
     assert "--card-only updates a release folder (one with model_card.json)" in capsys.readouterr().err
+    with monkeypatch.context() as patch:
+        patch.chdir(folder)  # updating the release it stands in would pull the folder from under the shell
+        assert main(["release", ".", "--overwrite", "--data-dir", str(small_cifar10)]) == 2
+    assert ". is the current folder or holds it: updating the release replaces that folder, so run it from outside." in capsys.readouterr().err
 
 
 def test_commands_take_a_model_name_with_released_weights(cifar10_dir, tmp_path, capsys):

@@ -206,6 +206,9 @@ def update_release(folder, *, data_dir=None, tfds_data_dir=None, source=None, tf
     card = json.loads((folder / pretrained.CARD).read_text())
     if not overwrite:
         raise FileExistsError(f"{folder} is a release: updating it rewrites its card{' and TFLite files' if tflite else ''}, so it needs --overwrite.")
+    here = pathlib.Path.cwd().resolve()
+    if folder.resolve() == here or folder.resolve() in here.parents:
+        raise ValueError(f"{folder} is the current folder or holds it: updating the release replaces that folder, so run it from outside.")
     card["folder"] = str(folder)
     model = get_model(card["model"], weights=str(pretrained.weights_file(card)), **card["options"])
     height, width, channels = card["options"]["input_shape"]
