@@ -589,24 +589,38 @@ def test_with_no_validation_images_a_run_trains_on_every_image_and_keeps_its_las
     assert "trained on all 55,000 training images, no validation split: the last epoch is released." in card_readme(card)
 
 
-def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_cifar10, tmp_path, monkeypatch):
+def small_lenet_recipe(data_dir, epochs):
     from zoo import recipe as recipes
+
+    return recipes.load("lenet5_cifar10", [
+        f"data.data_dir={recipes.toml_value(str(data_dir))}", "data.validation_size=500", "data.limit=1000",
+        f"training.epochs={epochs}", "training.tta_flip=false",
+    ])
+
+
+def record_epochs_and_stop_once(monkeypatch, stop_at):
+    """`{epoch: ((val_accuracy, -val_loss), weights)}`, filled as training goes; a Ctrl-C, once, at the end of
+    epoch `stop_at` (0-based), before its backup is written."""
     from zoo import training
 
-    recipe = recipes.load("lenet5_cifar10", [
-        f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=500", "data.limit=1000",
-        "training.epochs=5", "training.tta_flip=false",
-    ])
-    run_dir, seen = tmp_path / "run", {}
-    end_of_epoch = training.RunState.on_epoch_end
+    seen, end_of_epoch = {}, training.RunState.on_epoch_end
 
-    def crash_after_the_third_epoch(self, epoch, logs=None):
-        seen[epoch] = (logs["val_accuracy"], self.model.get_weights())
+    def on_epoch_end(self, epoch, logs=None):
+        seen[epoch] = ((logs["val_accuracy"], -logs["val_loss"]), self.model.get_weights())
         end_of_epoch(self, epoch, logs)
-        if epoch == 2:
+        if epoch == stop_at and not seen.get("stopped"):
+            seen["stopped"] = True
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.RunState, "on_epoch_end", crash_after_the_third_epoch)
+    monkeypatch.setattr(training.RunState, "on_epoch_end", on_epoch_end)
+    return seen
+
+
+def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_cifar10, tmp_path, monkeypatch):
+    from zoo import training
+
+    recipe, run_dir = small_lenet_recipe(small_cifar10, 5), tmp_path / "run"
+    seen = record_epochs_and_stop_once(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         training.train(recipe, run_dir, backup_every=2, verbose=0)
     assert json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"] == 2
@@ -622,24 +636,10 @@ def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_c
 def test_a_resume_whose_best_checkpoint_is_gone_chooses_it_again_from_the_epochs_to_come(small_cifar10, tmp_path, monkeypatch, capsys):
     """model.keras lost or damaged mid-run (a failing disk, a hand clean-up): the resume compared its epochs with the
     history's best, which no file held any more; if none beat it, the run ended on a NaN story or Keras' traceback."""
-    from zoo import recipe as recipes
     from zoo import training
 
-    recipe = recipes.load("lenet5_cifar10", [
-        f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=500", "data.limit=1000",
-        "training.epochs=4", "training.tta_flip=false",
-    ])
-    run_dir, seen = tmp_path / "run", {}
-    end_of_epoch = training.RunState.on_epoch_end
-
-    def crash_after_the_second_epoch(self, epoch, logs=None):
-        seen[epoch] = ((logs["val_accuracy"], -logs["val_loss"]), self.model.get_weights())
-        end_of_epoch(self, epoch, logs)
-        if epoch == 2 and 3 not in seen and "crashed" not in seen:
-            seen["crashed"] = True
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training.RunState, "on_epoch_end", crash_after_the_second_epoch)
+    recipe, run_dir = small_lenet_recipe(small_cifar10, 4), tmp_path / "run"
+    seen = record_epochs_and_stop_once(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         training.train(recipe, run_dir, verbose=0)
     (run_dir / "model.keras").write_bytes((run_dir / "model.keras").read_bytes()[:1000])  # cut short
