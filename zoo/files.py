@@ -99,13 +99,18 @@ WRITTEN_BY = {
 }
 
 
+def holds_current_folder(folder):
+    """Whether `folder` is the current folder or one of its parents: replacing it would pull the folder from under the shell."""
+    here = pathlib.Path.cwd().resolve()
+    return pathlib.Path(folder).resolve() in (here, *here.parents)
+
+
 def check_output_folder(out, overwrite, command, what="Output folder"):
     """Before any work: `out` may be written by `zoo <command>` if it is new, an empty folder, or, with
     `overwrite`, a folder that such a command wrote; never the current folder or one holding it."""
     out = pathlib.Path(out)
-    here = pathlib.Path.cwd().resolve()
-    if out.resolve() == here or out.resolve() in here.parents:
-        raise ValueError(f"--out {out} is the current folder{'' if out.resolve() == here else ' or holds it'}: name a new folder for the output, e.g. --out {command}_out.")
+    if holds_current_folder(out):
+        raise ValueError(f"--out {out} is the current folder{'' if out.resolve() == pathlib.Path.cwd().resolve() else ' or holds it'}: name a new folder for the output, e.g. --out {command}_out.")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not out.is_dir():

@@ -23,7 +23,7 @@ from zoo import pretrained
 from zoo.data import is_single_folder, load_dataset, load_image_folder_split
 from zoo.evaluation import evaluate, probabilities
 from zoo.export import VARIANTS, export_model, float32_model, require_tensorflow_backend
-from zoo.files import BUNDLED, check_output_folder, exclusive_lock, save_float16_weights, sha256, staged_folder, write_text_atomically
+from zoo.files import BUNDLED, check_output_folder, exclusive_lock, holds_current_folder, save_float16_weights, sha256, staged_folder, write_text_atomically
 from zoo.litert import TFLiteModel
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
@@ -206,8 +206,7 @@ def update_release(folder, *, data_dir=None, tfds_data_dir=None, source=None, tf
     card = json.loads((folder / pretrained.CARD).read_text())
     if not overwrite:
         raise FileExistsError(f"{folder} is a release: updating it rewrites its card{' and TFLite files' if tflite else ''}, so it needs --overwrite.")
-    here = pathlib.Path.cwd().resolve()
-    if folder.resolve() == here or folder.resolve() in here.parents:
+    if holds_current_folder(folder):
         raise ValueError(f"{folder} is the current folder or holds it: updating the release replaces that folder, so run it from outside.")
     card["folder"] = str(folder)
     model = get_model(card["model"], weights=str(pretrained.weights_file(card)), **card["options"])
