@@ -589,12 +589,12 @@ def test_with_no_validation_images_a_run_trains_on_every_image_and_keeps_its_las
     assert "trained on all 55,000 training images, no validation split: the last epoch is released." in card_readme(card)
 
 
-def small_lenet_recipe(data_dir, epochs):
+def small_lenet_recipe(data_dir, epochs, *overrides):
     from zoo import recipe as recipes
 
     return recipes.load("lenet5_cifar10", [
         f"data.data_dir={recipes.toml_value(str(data_dir))}", "data.validation_size=500", "data.limit=1000",
-        f"training.epochs={epochs}", "training.tta_flip=false",
+        f"training.epochs={epochs}", "training.tta_flip=false", *overrides,
     ])
 
 
@@ -614,6 +614,34 @@ def record_epochs_and_stop_once(monkeypatch, stop_at):
 
     monkeypatch.setattr(training.RunState, "on_epoch_end", on_epoch_end)
     return seen
+
+
+def test_a_run_resumed_on_another_kind_of_cpu_records_where_each_stretch_of_epochs_trained(small_cifar10, tmp_path, monkeypatch, capsys):
+    """`precision = "auto"` follows the CPU: a run begun in float32 on an AVX2-only CPU and resumed on one with
+    bfloat16 instructions trains the rest in mixed bfloat16. It says so, and results.json and the card name both."""
+    from zoo import release, training
+
+    recipe, run_dir = small_lenet_recipe(small_cifar10, 3, "training.precision='auto'"), tmp_path / "run"
+    monkeypatch.setattr(training, "cpu_flags", lambda cpuinfo=None: {"avx2", "fma"})
+    record_epochs_and_stop_once(monkeypatch, 1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            training.train(recipe, run_dir, verbose=0)
+        monkeypatch.setattr(training, "cpu_flags", lambda cpuinfo=None: {"avx2", "avx512f", "avx512_bf16"})
+        results = training.train(recipe, run_dir, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    cpu = training.training_setting()["cpu"]
+    assert [(s["from_epoch"], s["to_epoch"], s["precision"], s["cpu_flags"]) for s in results["segments"]] == [
+        (0, 1, "float32", ["avx2"]), (1, 3, "mixed_bfloat16", ["avx2", "avx512f", "avx512_bf16"]),
+    ]
+    assert results["precision"] == "mixed_bfloat16" and results["resumed_from_epoch"] == [1]
+    assert f"note: epoch 1 trained in float32 under tensorflow on {cpu} (avx2); the rest train in mixed_bfloat16 under tensorflow on {cpu} (avx2 avx512f avx512_bf16) here" in capsys.readouterr().err
+    assert release.hardware_summary(results) == (
+        f"epoch 1 in float32 under tensorflow on {cpu} (avx2); epochs 2-3 in mixed_bfloat16 under tensorflow on {cpu} (avx2 avx512f avx512_bf16)"
+    )
+    unbroken = {**results, "segments": results["segments"][1:]}  # one stretch: the card's summary as before
+    assert release.hardware_summary(unbroken).endswith(f"{results['versions']['backend_version']}, mixed_bfloat16)")
 
 
 def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_cifar10, tmp_path, monkeypatch):

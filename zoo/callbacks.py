@@ -10,7 +10,7 @@ import keras
 
 from zoo import interrupts
 from zoo.files import write_atomically, write_text_atomically
-from zoo.run_folder import validation_score
+from zoo.run_folder import describe_setting, epoch_range, setting_differs, validation_score
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -160,9 +160,10 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class RunState(keras.callbacks.Callback):
-    """Keeps `state.json`: training seconds so far and the epochs the run resumed from."""
+    """Keeps `state.json`: training seconds so far, the epochs the run resumed from, and where each stretch
+    of epochs trained (`setting`: precision, backend, CPU; a resume on another machine may differ)."""
 
-    def __init__(self, path, initial_epoch, epochs):
+    def __init__(self, path, initial_epoch, epochs, setting=None):
         super().__init__()
         self.path, self.epochs = pathlib.Path(path), epochs
         self.state = {"train_seconds": 0.0, "resumed_from_epoch": []}
@@ -174,6 +175,13 @@ class RunState(keras.callbacks.Callback):
                       "are not known, so results.json will count from here", file=sys.stderr, flush=True)
         if initial_epoch:
             self.state["resumed_from_epoch"].append(initial_epoch)
+        if setting is not None:
+            # A resume restarts at its backup: the stretches that trained the epochs from there on are superseded.
+            before = [s for s in self.state.get("segments", []) if s["from_epoch"] < initial_epoch]
+            if before and setting_differs(before[-1], setting):
+                print(f"note: {epoch_range(before[-1]['from_epoch'] + 1, initial_epoch)} trained {describe_setting(before[-1])}; the rest train "
+                      f"{describe_setting(setting)} here (results.json records both)", file=sys.stderr, flush=True)
+            self.state["segments"] = [*before, {"from_epoch": initial_epoch, **setting}]
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()

@@ -27,6 +27,7 @@ from zoo.files import BUNDLED, check_output_folder, exclusive_lock, holds_curren
 from zoo.litert import TFLiteModel
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
+from zoo.run_folder import describe_setting, epoch_range
 from zoo.models.base import count_macs, options_of
 
 AUTHOR, LICENSE = "zoo", "Apache-2.0"  # what the TFLite metadata of a release says (the project's license)
@@ -123,6 +124,7 @@ def _release_into(folder, trained, options, name, tag, results, run_dir, data, q
             "test_accuracy": results["test_accuracy"],
             "test_accuracy_with_flip_tta": results["tta_flip"],
             "resumed_from_epoch": results["resumed_from_epoch"],
+            "segments": results.get("segments"),
             "starting_weights": results.get("starting_weights"),
             "hardware": results["hardware"],
             "hardware_summary": hardware_summary(results),
@@ -302,7 +304,11 @@ def _subset_top1(predict, test, step):
 
 
 def hardware_summary(results):
+    """Where the run trained, for the card: each stretch of epochs where a resume changed machine or precision."""
     hardware, versions = results["hardware"], results["versions"]
+    stretches = results.get("segments") or []
+    if len({describe_setting(stretch) for stretch in stretches}) > 1:
+        return "; ".join(f"{epoch_range(s['from_epoch'] + 1, s['to_epoch'])} {describe_setting(s)}" for s in stretches)
     where = " + ".join(hardware["accelerators"]) or f"{hardware['cpu']}, {hardware['cpu_cores']} cores"
     return f"{where} ({versions['backend']} {versions['backend_version']}, {results['precision']})"
 

@@ -1,7 +1,7 @@
 """A run folder's state: what it holds, whether a command may train in it, and the lock.
 
 A run folder holds `recipe.toml` (the resolved recipe), `model.keras` (best on validation),
-`history.csv`, `state.json` (training seconds, resumes), `results.json` once finished, `logs/`,
+`history.csv`, `state.json` (training seconds, resumes, where each stretch of epochs trained), `results.json` once finished, `logs/`,
 `plots/` and, while training, `backup/` (the resume point). One training at a time holds a run
 folder (a lock file beside it, so `--overwrite` can move the folder).
 """
@@ -190,3 +190,19 @@ def validation_score(accuracy, loss):
     if accuracy is None:
         return None
     return (accuracy, -loss if loss is not None and math.isfinite(loss) else -math.inf)
+
+
+def setting_differs(a, b):
+    """Whether two stretches of a run's epochs trained in different precision, backend or hardware."""
+    return any(a.get(key) != b.get(key) for key in ("precision", "backend", "cpu", "cpu_flags", "accelerators"))
+
+
+def describe_setting(setting):
+    """One stretch of a run's epochs, for people: "in float32 under tensorflow on AMD EPYC, 2 cores (avx2)"."""
+    where = " + ".join(setting["accelerators"]) or f"{setting['cpu']} ({' '.join(setting['cpu_flags']) or 'no AVX2'})"
+    return f"in {setting['precision']} under {setting['backend']} on {where}"
+
+
+def epoch_range(first, last):
+    """"epoch 3" or "epochs 3-7" (1-based, as the progress lines count)."""
+    return f"epoch {first}" if first == last else f"epochs {first}-{last}"

@@ -66,6 +66,22 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
         return set()
 
 
+SPEED_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides a CPU's training speed and "auto" precision
+
+
+def training_setting():
+    """Where and how this process trains: precision, backend, CPU (name, cores, the flags that decide its
+    speed) and accelerators. A resumed run records one per stretch of epochs, as machines differ."""
+    where = hardware()
+    return {
+        "precision": keras.config.dtype_policy().name,
+        "backend": keras.backend.backend(),
+        "cpu": f"{where['cpu']}, {where['cpu_cores']} cores",
+        "cpu_flags": [flag for flag in SPEED_CPU_FLAGS if flag in cpu_flags()],
+        "accelerators": where["accelerators"],
+    }
+
+
 def build_model(recipe, input_shape, num_classes):
     """The recipe's model, its batch norms with `training.batch_norm_momentum` where the recipe sets one,
     normalizing groups of `training.ghost_batch_size` images while training where it sets one, and with their
@@ -315,7 +331,7 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
     nan_guard = StopOnNaN()
     # A resume whose best checkpoint was lost (see prepare_run_folder) chooses it again among the epochs to come.
     checkpoints_from = initial_epoch if initial_epoch and not (run_dir / "model.keras").exists() else 0
-    callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs)]
+    callbacks = [nan_guard, RunState(run_dir / STATE, initial_epoch, epochs, training_setting())]
     if dist.chief:
         callbacks[:0] = [
             BestCheckpoint(run_dir / "model.keras", best=best_validation(run_dir / "history.csv", checkpoints_from), every=backup_every)
@@ -375,6 +391,13 @@ def _phases(epochs, frozen_epochs):
     return ([(0, frozen_epochs, True)] if frozen_epochs else []) + ([(frozen_epochs, epochs, False)] if frozen_epochs < epochs else [])
 
 
+def segments(state, epochs_done):
+    """`state.json`'s stretches of epochs, each with its last epoch (`to_epoch`) and where it trained."""
+    stretches = state.get("segments", [])
+    ends = [stretch["from_epoch"] for stretch in stretches[1:]] + [epochs_done]
+    return [{**stretch, "to_epoch": end} for stretch, end in zip(stretches, ends)]
+
+
 def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=None, backend=None, checkpoints_from=0):
     """Evaluate the best checkpoint on the test split once; write `results.json` and the plots."""
     from zoo import plots
@@ -407,6 +430,7 @@ def finish(run_dir, recipe, dataset, stopped_by_nan=False, start=None, change=No
         "train_seconds": round(state["train_seconds"], 1),
         "images_per_second": round(images / state["train_seconds"], 1) if state["train_seconds"] else None,
         "resumed_from_epoch": state["resumed_from_epoch"],
+        "segments": segments(state, epochs_done),
         "data": {
             "source": dataset.source,
             "class_names": dataset.class_names,
