@@ -27,8 +27,8 @@ from zoo.files import BUNDLED, check_output_folder, exclusive_lock, holds_curren
 from zoo.litert import TFLiteModel
 from zoo.loading import load_keras_file
 from zoo.models import get_model, model_info
-from zoo.run_folder import describe_setting, epoch_range
 from zoo.models.base import count_macs, options_of
+from zoo.run_folder import describe_setting, epoch_range
 
 AUTHOR, LICENSE = "zoo", "Apache-2.0"  # what the TFLite metadata of a release says (the project's license)
 CALIBRATION_IMAGES = 500

@@ -199,10 +199,11 @@ def setting_differs(a, b):
 
 def describe_setting(setting):
     """One stretch of a run's epochs, for people: "in float32 under tensorflow on AMD EPYC, 2 cores (avx2)"."""
-    where = " + ".join(setting["accelerators"]) or f"{setting['cpu']} ({' '.join(setting['cpu_flags']) or 'no AVX2'})"
+    flags = f" ({' '.join(setting['cpu_flags'])})" if setting["cpu_flags"] else ""  # none read on macOS and ARM
+    where = " + ".join(setting["accelerators"]) or setting["cpu"] + flags
     return f"in {setting['precision']} under {setting['backend']} on {where}"
 
 
 def epoch_range(first, last):
-    """"epoch 3" or "epochs 3-7" (1-based, as the progress lines count)."""
+    """1-based, as the progress lines count: "epoch 3", or "epochs 3-7"."""
     return f"epoch {first}" if first == last else f"epochs {first}-{last}"
