@@ -10,7 +10,7 @@ import keras
 
 from zoo import interrupts
 from zoo.files import write_atomically, write_text_atomically
-from zoo.run_folder import describe_setting, epoch_range, setting_differs, validation_score
+from zoo.run_folder import describe_setting, epoch_range, validation_score
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -178,7 +178,7 @@ class RunState(keras.callbacks.Callback):
         if setting is not None:
             # A resume restarts at its backup: the stretches that trained the epochs from there on are superseded.
             before = [s for s in self.state.get("segments", []) if s["from_epoch"] < initial_epoch]
-            if before and setting_differs(before[-1], setting):
+            if before and describe_setting(before[-1]) != describe_setting(setting):
                 print(f"note: {epoch_range(before[-1]['from_epoch'] + 1, initial_epoch)} trained {describe_setting(before[-1])}; the rest train "
                       f"{describe_setting(setting)} here (results.json records both)", file=sys.stderr, flush=True)
             self.state["segments"] = [*before, {"from_epoch": initial_epoch, **setting}]

@@ -192,11 +192,6 @@ def validation_score(accuracy, loss):
     return (accuracy, -loss if loss is not None and math.isfinite(loss) else -math.inf)
 
 
-def setting_differs(a, b):
-    """Whether two stretches of a run's epochs trained in different precision, backend or hardware."""
-    return any(a.get(key) != b.get(key) for key in ("precision", "backend", "cpu", "cpu_flags", "accelerators"))
-
-
 def describe_setting(setting):
     """One stretch of a run's epochs, for people: "in float32 under tensorflow on AMD EPYC, 2 cores (avx2)"."""
     flags = f" ({' '.join(setting['cpu_flags'])})" if setting["cpu_flags"] else ""  # none read on macOS and ARM
