@@ -299,7 +299,8 @@ def test_a_run_resumes_after_its_data_moved_or_its_notes_changed_but_not_with_ot
 
 def test_a_damaged_backup_or_state_file_is_named_and_nothing_is_lost(tmp_path, capsys):
     """The run folder's bookkeeping cut short (a disk that failed, a hand edit): a damaged backup is named before
-    any work and kept; a damaged state.json costs only the time it counted."""
+    any work and kept; a damaged state.json costs only what it counted, and the card says which epochs it cannot place."""
+    from zoo import release, training
     from zoo.callbacks import RunState
     from zoo.run_folder import RunFolderError, prepare_run_folder
 
@@ -313,12 +314,20 @@ def test_a_damaged_backup_or_state_file_is_named_and_nothing_is_lost(tmp_path, c
     assert (run_dir / "backup" / "training_metadata.json").read_text() == '{"epo'
 
     (run_dir / "state.json").write_text("")
-    state = RunState(run_dir / "state.json", initial_epoch=3, epochs=5)
-    assert f"warning: {run_dir / 'state.json'} is damaged (not JSON): the training time and resumes before epoch 4 are not known" in capsys.readouterr().err
-    assert state.state == {"train_seconds": 0.0, "resumed_from_epoch": [3]}
+    setting = {"precision": "float32", "backend": "tensorflow", "cpu": "AMD EPYC, 2 cores", "cpu_flags": ["avx2"], "accelerators": []}
+    state = RunState(run_dir / "state.json", initial_epoch=3, epochs=5, setting=setting)
+    err = capsys.readouterr().err
+    assert f"warning: {run_dir / 'state.json'} is damaged (not JSON): the training time, resumes and setting before epoch 4 are not known" in err
+    assert "note: epochs 1-3 trained where and how not recorded (state.json older than this record, or damaged); the rest train in float32" in err
+    assert state.state == {"train_seconds": 0.0, "resumed_from_epoch": [3], "segments": [{"from_epoch": 0, "unrecorded": True}, {"from_epoch": 3, **setting}]}
     state.on_epoch_begin(3)
     state.on_epoch_end(3, {"loss": 1.0})
     assert json.loads((run_dir / "state.json").read_text())["epoch"] == 4
+    results = {"segments": training.segments(state.state, 5), "hardware": {}, "versions": {}}
+    assert release.hardware_summary(results) == (  # the card marks the epochs it cannot place
+        "epochs 1-3 where and how not recorded (state.json older than this record, or damaged); "
+        "epochs 4-5 in float32 under tensorflow on AMD EPYC, 2 cores (avx2)"
+    )
 
 
 HISTORY_HEADER = "epoch,accuracy,loss,val_accuracy,val_loss"

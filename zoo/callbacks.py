@@ -171,13 +171,15 @@ class RunState(keras.callbacks.Callback):
             try:
                 self.state = {**self.state, **json.loads(self.path.read_text())}
             except (ValueError, TypeError):  # bookkeeping only: the weights and the resume point are in the backup
-                print(f"warning: {self.path} is damaged (not JSON): the training time and resumes before epoch {initial_epoch + 1} "
+                print(f"warning: {self.path} is damaged (not JSON): the training time, resumes and setting before epoch {initial_epoch + 1} "
                       "are not known, so results.json will count from here", file=sys.stderr, flush=True)
         if initial_epoch:
             self.state["resumed_from_epoch"].append(initial_epoch)
         if setting is not None:
             # A resume restarts at its backup: the stretches that trained the epochs from there on are superseded.
             before = [s for s in self.state.get("segments", []) if s["from_epoch"] < initial_epoch]
+            if initial_epoch and not before:  # a state.json from before zoo kept stretches, or a damaged one
+                before = [{"from_epoch": 0, "unrecorded": True}]
             if before and describe_setting(before[-1]) != describe_setting(setting):
                 print(f"note: {epoch_range(before[-1]['from_epoch'] + 1, initial_epoch)} trained {describe_setting(before[-1])}; the rest train "
                       f"{describe_setting(setting)} here (results.json records both)", file=sys.stderr, flush=True)

@@ -194,6 +194,8 @@ def validation_score(accuracy, loss):
 
 def describe_setting(setting):
     """One stretch of a run's epochs, for people: "in float32 under tensorflow on AMD EPYC, 2 cores (avx2)"."""
+    if setting.get("unrecorded"):
+        return "where and how not recorded (state.json older than this record, or damaged)"
     flags = f" ({' '.join(setting['cpu_flags'])})" if setting["cpu_flags"] else ""  # none read on macOS and ARM
     where = " + ".join(setting["accelerators"]) or setting["cpu"] + flags
     return f"in {setting['precision']} under {setting['backend']} on {where}"
