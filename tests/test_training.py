@@ -319,7 +319,10 @@ def test_a_damaged_backup_or_state_file_is_named_and_nothing_is_lost(tmp_path, c
     err = capsys.readouterr().err
     assert f"warning: {run_dir / 'state.json'} is damaged (not JSON): the training time, resumes and setting before epoch 4 are not known" in err
     assert "note: epochs 1-3 trained where and how not recorded (state.json older than this record, or damaged); the rest train in float32" in err
-    assert state.state == {"train_seconds": 0.0, "resumed_from_epoch": [3], "segments": [{"from_epoch": 0, "unrecorded": True}, {"from_epoch": 3, **setting}]}
+    assert state.state == {
+        "train_seconds": 0.0, "resumed_from_epoch": [3], "seconds_at_epoch": {},
+        "segments": [{"from_epoch": 0, "unrecorded": True}, {"from_epoch": 3, **setting}],
+    }
     state.on_epoch_begin(3)
     state.on_epoch_end(3, {"loss": 1.0})
     assert json.loads((run_dir / "state.json").read_text())["epoch"] == 4
@@ -668,6 +671,28 @@ def test_backup_every_2_resumes_from_the_last_backup_with_its_checkpoint(small_c
     results = training.train(recipe, run_dir, backup_every=2, verbose=0)
     assert results["resumed_from_epoch"] == [2] and epochs_logged(run_dir) == list(range(5))
     assert not (run_dir / "backup").exists()
+    at_epoch = json.loads((run_dir / "state.json").read_text())["seconds_at_epoch"]  # epoch 3 trained twice, counted once
+    assert list(at_epoch) == ["1", "2", "3", "4", "5"] and results["train_seconds"] == round(at_epoch["5"], 1)
+
+
+def test_an_epoch_a_resume_trains_again_counts_once_in_the_training_time_and_the_eta_follows_this_machine(tmp_path, capsys):
+    """Epochs past the backup (`--backup-every 2`, or a kill mid-write) train again on resume: their first
+    seconds inflated train_seconds and deflated images/s, and the ETA averaged in the other machine's pace."""
+    from zoo.callbacks import RunState
+
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"train_seconds": 300.0, "resumed_from_epoch": [], "epoch": 3, "seconds_at_epoch": {"1": 100.0, "2": 200.0, "3": 300.0}}))
+    state = RunState(path, initial_epoch=2, epochs=10)
+    assert state.state["train_seconds"] == 200.0 and state.state["seconds_at_epoch"] == {"1": 100.0, "2": 200.0}
+    state.on_epoch_begin(2)
+    state.on_epoch_end(2, {"loss": 1.0})
+    saved = json.loads(path.read_text())
+    assert list(saved["seconds_at_epoch"]) == ["1", "2", "3"] and 200.0 <= saved["train_seconds"] < 201.0
+    assert "epoch 3/10: 0s, loss 1.0000, ETA 0m0" in capsys.readouterr().out  # 7 epochs at this resume's pace, not 100 s each
+
+    path.write_text(json.dumps({"train_seconds": 300.0, "resumed_from_epoch": [], "epoch": 3}))  # before zoo kept them
+    assert RunState(path, initial_epoch=2, epochs=10).state["train_seconds"] == 300.0
+    assert RunState(path, initial_epoch=0, epochs=10).state["train_seconds"] == 0.0  # nothing kept: the run starts over
 
 
 def test_a_resume_whose_best_checkpoint_is_gone_chooses_it_again_from_the_epochs_to_come(small_cifar10, tmp_path, monkeypatch, capsys):

@@ -160,8 +160,9 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class RunState(keras.callbacks.Callback):
-    """Keeps `state.json`: training seconds so far, the epochs the run resumed from, and where each stretch
-    of epochs trained (`setting`: precision, backend, CPU; a resume on another machine may differ)."""
+    """Keeps `state.json`: training seconds so far (an epoch a resume trains again counts once), the epochs the
+    run resumed from, and where each stretch of epochs trained (`setting`: precision, backend, CPU; a resume on
+    another machine may differ)."""
 
     def __init__(self, path, initial_epoch, epochs, setting=None):
         super().__init__()
@@ -175,6 +176,12 @@ class RunState(keras.callbacks.Callback):
                       "are not known, so results.json will count from here", file=sys.stderr, flush=True)
         if initial_epoch:
             self.state["resumed_from_epoch"].append(initial_epoch)
+        # The seconds so far at each epoch's end: epochs trained after the backup train again, and count once.
+        at_epoch = {"0": 0.0, **self.state.get("seconds_at_epoch", {})}
+        if str(initial_epoch) in at_epoch:  # not in a state.json from before zoo kept them: its total stands
+            self.state["train_seconds"] = at_epoch[str(initial_epoch)]
+        self.state["seconds_at_epoch"] = {epoch: seconds for epoch, seconds in at_epoch.items() if 0 < int(epoch) <= initial_epoch}
+        self.initial_epoch, self.seconds_before = initial_epoch, self.state["train_seconds"]
         if setting is not None:
             # A resume restarts at its backup: the stretches that trained the epochs from there on are superseded.
             before = [s for s in self.state.get("segments", []) if s["from_epoch"] < initial_epoch]
@@ -193,8 +200,9 @@ class RunState(keras.callbacks.Callback):
         self.state["train_seconds"] += seconds
         if math.isfinite(logs.get("loss", 0.0)):  # an epoch cut short by a NaN loss does not count
             self.state["epoch"] = epoch + 1
+            self.state["seconds_at_epoch"][str(epoch + 1)] = self.state["train_seconds"]
         write_text_atomically(self.path, json.dumps(self.state))
-        per_epoch = self.state["train_seconds"] / (epoch + 1)
+        per_epoch = (self.state["train_seconds"] - self.seconds_before) / (epoch + 1 - self.initial_epoch)  # this machine's pace
         validation = f"val_accuracy {logs['val_accuracy']:.4f}, " if "val_accuracy" in logs else ""
         print(
             f"epoch {epoch + 1}/{self.epochs}: {seconds:.0f}s, loss {logs.get('loss', float('nan')):.4f}, "
