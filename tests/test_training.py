@@ -320,7 +320,7 @@ def test_a_damaged_backup_or_state_file_is_named_and_nothing_is_lost(tmp_path, c
     assert f"warning: {run_dir / 'state.json'} is damaged (not JSON): the training time, resumes and setting before epoch 4 are not known" in err
     assert "note: epochs 1-3 trained where and how not recorded (state.json older than this record, or damaged); the rest train in float32" in err
     assert state.state == {
-        "train_seconds": 0.0, "resumed_from_epoch": [3], "seconds_at_epoch": {},
+        "train_seconds": 0.0, "resumed_from_epoch": [3], "seconds_at_epoch": {"3": 0.0},
         "segments": [{"from_epoch": 0, "unrecorded": True}, {"from_epoch": 3, **setting}],
     }
     state.on_epoch_begin(3)
@@ -691,7 +691,11 @@ def test_an_epoch_a_resume_trains_again_counts_once_in_the_training_time_and_the
     assert "epoch 3/10: 0s, loss 1.0000, ETA 0m0" in capsys.readouterr().out  # 7 epochs at this resume's pace, not 100 s each
 
     path.write_text(json.dumps({"train_seconds": 300.0, "resumed_from_epoch": [], "epoch": 3}))  # before zoo kept them
-    assert RunState(path, initial_epoch=2, epochs=10).state["train_seconds"] == 300.0
+    state = RunState(path, initial_epoch=2, epochs=10)
+    assert state.state["train_seconds"] == 300.0 and state.state["seconds_at_epoch"] == {"2": 300.0}
+    state.on_epoch_begin(2)
+    state.on_epoch_end(2, {"loss": 1.0})
+    assert RunState(path, initial_epoch=2, epochs=10).state["train_seconds"] == 300.0  # resumed twice: epoch 3 counts once
     assert RunState(path, initial_epoch=0, epochs=10).state["train_seconds"] == 0.0  # nothing kept: the run starts over
 
 

@@ -178,8 +178,10 @@ class RunState(keras.callbacks.Callback):
             self.state["resumed_from_epoch"].append(initial_epoch)
         # The seconds so far at each epoch's end: epochs trained after the backup train again, and count once.
         at_epoch = {"0": 0.0, **self.state.get("seconds_at_epoch", {})}
-        if str(initial_epoch) in at_epoch:  # not in a state.json from before zoo kept them: its total stands
-            self.state["train_seconds"] = at_epoch[str(initial_epoch)]
+        # A state.json from before zoo kept them: its total stands, pinned here so that a second resume from the
+        # same backup does not count the epochs trained in between.
+        at_epoch.setdefault(str(initial_epoch), self.state["train_seconds"])
+        self.state["train_seconds"] = at_epoch[str(initial_epoch)]
         self.state["seconds_at_epoch"] = {epoch: seconds for epoch, seconds in at_epoch.items() if 0 < int(epoch) <= initial_epoch}
         self.initial_epoch, self.seconds_before = initial_epoch, self.state["train_seconds"]
         if setting is not None:
