@@ -65,11 +65,18 @@ def test_the_starts_need_a_network_trained_from_scratch(key):
         recipes.load("lenet5_cifar10", [f"training.{key}=true", "model.weights=cifar10"])
 
 
+def test_freezing_the_whitening_needs_the_whitening():
+    assert recipes.load("lenet5_cifar10", ["training.whitening_init=true", "training.freeze_whitening=true"])["training"]["freeze_whitening"]
+    with pytest.raises(RecipeError, match=r"^--set training.freeze_whitening=true: .* needs training.whitening_init = true. Received: training.whitening_init=false$"):
+        recipes.load("lenet5_cifar10", ["training.freeze_whitening=true"])
+
+
 def test_a_run_starts_from_a_whitening_of_its_own_training_images_and_from_identities(small_cifar10, tmp_path, monkeypatch, capsys):
+    """With `training.freeze_whitening` the whitened filters stay as they started while the rest trains."""
     recipe = recipes.load("lenet5_cifar10", [
         f"data.data_dir={recipes.toml_value(str(small_cifar10))}", "data.validation_size=0", "data.limit=300",
         "training.epochs=1", "training.tta_flip=false", "training.precision='float32'", "training.whitening_init=true",
-        "training.dirac_init=true",
+        "training.dirac_init=true", "training.freeze_whitening=true",
     ])
     started, begin = {}, training.RunState.on_epoch_begin
 
@@ -94,3 +101,7 @@ def test_a_run_starts_from_a_whitening_of_its_own_training_images_and_from_ident
     np.testing.assert_allclose(outputs[:3, :3], np.eye(3), atol=0.01)
     assert "whitening_init = true" in (tmp_path / "run" / "recipe.toml").read_text()
     assert "dirac_init = true" in (tmp_path / "run" / "recipe.toml").read_text()
+    trained = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(trained.get_layer("block1_conv1").kernel), started["kernel"])
+    assert not np.allclose(keras.ops.convert_to_numpy(trained.get_layer("block2_conv1").kernel), started["second"])
+    assert all(v.trainable for v in trained.get_layer("block1_conv1").weights)  # the file's layers train as any other

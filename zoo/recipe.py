@@ -75,6 +75,7 @@ SCHEMA = {
         "tta_flip": (bool, False),  # average the logits of each test image and its mirror
         "whitening_init": (bool, False),  # the first convolution starts as a whitening of the training patches (airbench)
         "dirac_init": (bool, False),  # every later convolution starts as the identity on its first channels (airbench)
+        "freeze_whitening": (bool, False),  # the whitened first convolution's filters stay as they start (airbench)
         "batch_norm_momentum": (float, OPTIONAL),  # the batch norms' moving statistics keep this share a step (Keras: 0.99; airbench: 0.4)
         "ghost_batch_size": (int, 0),  # > 0: batch norms normalize groups of this many images while training (Page: 32; 0: the whole batch)
         "freeze_batch_norm_scales": (bool, False),  # every batch norm's scale (gamma) stays 1 (airbench; Page's frozen scales)
@@ -244,6 +245,11 @@ def resolve(raw, source="recipe", overrides=None):
                 f"{where('training', key)}: training.{key} sets the start of a network trained from scratch, so it "
                 f"needs model.weights = \"none\". Received: model.weights={recipe['model']['weights']!r}"
             )
+    if recipe["training"]["freeze_whitening"] and not recipe["training"]["whitening_init"]:
+        raise RecipeError(
+            f"{where('training', 'freeze_whitening')}: training.freeze_whitening keeps the first convolution's whitening "
+            "filters as they start, so it needs training.whitening_init = true. Received: training.whitening_init=false"
+        )
     return recipe
 
 

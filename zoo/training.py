@@ -84,8 +84,8 @@ def training_setting():
 
 def build_model(recipe, input_shape, num_classes):
     """The recipe's model, its batch norms with `training.batch_norm_momentum` where the recipe sets one,
-    normalizing groups of `training.ghost_batch_size` images while training where it sets one, and with their
-    scales frozen at 1 with `training.freeze_batch_norm_scales`."""
+    normalizing groups of `training.ghost_batch_size` images while training where it sets one, and with the
+    variables the recipe freezes left out of training (`freeze_variables`)."""
     options = {k: v for k, v in recipe["model"].items() if k not in ("name", "weights", "num_classes") and v is not None}
     if "fc_units" in options:
         options["fc_units"] = tuple(options["fc_units"])
@@ -106,12 +106,21 @@ def build_model(recipe, input_shape, num_classes):
                 f"training.ghost_batch_size={ghost}: {recipe['model']['name']} has no batch norm to group (set model.batch_norm = true, or "
                 "training.ghost_batch_size = 0)."
             )
+    freeze_variables(model, recipe)
+    return model
+
+
+def freeze_variables(model, recipe):
+    """Leave out of training what the recipe freezes: every batch norm's scale (`training.freeze_batch_norm_scales`)
+    and the first convolution's kernel (`training.freeze_whitening`). Setting a layer trainable makes its variables
+    trainable again (a fine-tune's phases), so call it after that. The saved layers stay plain Keras."""
     if recipe["training"]["freeze_batch_norm_scales"] and not freeze_batch_norm_scales(model):
         raise ValueError(
             f"training.freeze_batch_norm_scales = true: {recipe['model']['name']} has no batch norm with a scale to freeze "
             "(set model.batch_norm = true, or training.freeze_batch_norm_scales = false)."
         )
-    return model
+    if recipe["training"]["freeze_whitening"]:
+        first_conv(model).kernel.trainable = False
 
 
 def freeze_batch_norm_scales(model):
@@ -293,10 +302,9 @@ def _fit(recipe, run_dir, initial_epoch, dist, *, start, data_threads, backup_ev
         scales = learning_rate_scales(model, recipe["optimizer"]["batch_norm_bias_lr_scale"], backbone, tuning["backbone_lr_scale"])
         optimizer = make_optimizer(recipe, len(train_batches), scales)
 
-        def set_backbone(frozen):  # setting the layers trainable makes their batch norm scales trainable too
+        def set_backbone(frozen):  # setting the layers trainable makes their frozen variables trainable too
             finetune.freeze_backbone(model, frozen, batch_norm_frozen=tuning["batch_norm_frozen"])
-            if recipe["training"]["freeze_batch_norm_scales"]:
-                freeze_batch_norm_scales(model)
+            freeze_variables(model, recipe)
 
         if start:  # its state holds every variable some phase trains: one layout for every backup
             set_backbone(False)
